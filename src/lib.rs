@@ -1,0 +1,13 @@
+//! Tollgate: a global rate-limit and quota service for Envoy.
+//!
+//! Module map (the decide flow, in the order a request travels):
+//! - [`edge`]: the gRPC service Envoy calls and the HTTP side; converts wire types.
+//! - [`rules`]: the YAML rule files, compiled into a matching tree and hot-reloaded.
+//! - [`limiter`]: matches descriptors, charges counters, forms the decision. Transport-free.
+//! - [`store`]: where counters live: embedded memory or Redis.
+//!
+//! Around them: [`settings`] (layered configuration), [`telemetry`] (logs and metrics),
+//! [`clock`] (injectable time) and [`app`] (wires everything and runs it).
+
+pub mod clock;
+pub mod store;

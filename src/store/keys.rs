@@ -1,0 +1,74 @@
+//! The one place counter keys are built.
+//!
+//! Layout: `<prefix>{<domain>_<k0>_<v0>}_<k1>_<v1>..._<window start>`. The braces are a
+//! Redis Cluster hash tag over the domain and the first entry: descriptors of one request
+//! usually share their first entry (the tenant, the remote address), so their counters
+//! land in one slot and one script call serves them all. The Redis store groups any that
+//! do not by tag. A prefix lets several deployments share one Redis; a prefix containing
+//! braces would take over the hash tag, so the settings reject it.
+
+use std::fmt::Write;
+
+/// The key of one counter: the descriptor's entries in the window starting at `window_start`.
+pub fn counter_key<'a>(
+    prefix: &str,
+    domain: &str,
+    entries: impl IntoIterator<Item = (&'a str, &'a str)>,
+    window_start: u64,
+) -> String {
+    let mut key = String::with_capacity(prefix.len() + domain.len() + 64);
+    key.push_str(prefix);
+    key.push('{');
+    key.push_str(domain);
+    let mut first = true;
+    for (k, v) in entries {
+        key.push('_');
+        key.push_str(k);
+        key.push('_');
+        key.push_str(v);
+        if first {
+            key.push('}');
+            first = false;
+        }
+    }
+    if first {
+        key.push('}');
+    }
+    let _ = write!(key, "_{window_start}");
+    key
+}
+
+/// The hash tag of a key built by [`counter_key`]: counters with equal tags share a slot.
+pub fn hash_tag(key: &str) -> &str {
+    match (key.find('{'), key.find('}')) {
+        (Some(open), Some(close)) if close > open + 1 => &key[open + 1..close],
+        _ => key,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_holds_prefix_domain_entries_and_window() {
+        let key = counter_key("p:", "dom", [("k1", "v1"), ("k2", "v2")], 60);
+        assert_eq!(key, "p:{dom_k1_v1}_k2_v2_60");
+    }
+
+    #[test]
+    fn keys_sharing_domain_and_first_entry_share_a_tag() {
+        let a = counter_key("", "dom", [("tenant", "acme"), ("model", "m1")], 0);
+        let b = counter_key("", "dom", [("tenant", "acme"), ("session", "s")], 0);
+        let c = counter_key("", "dom", [("tenant", "other")], 0);
+        assert_eq!(hash_tag(&a), hash_tag(&b));
+        assert_ne!(hash_tag(&a), hash_tag(&c));
+    }
+
+    #[test]
+    fn different_windows_are_different_counters() {
+        let a = counter_key("", "d", [("k", "v")], 0);
+        let b = counter_key("", "d", [("k", "v")], 60);
+        assert_ne!(a, b);
+    }
+}
