@@ -11,3 +11,6 @@
 
 pub mod clock;
 pub mod store;
+pub mod limiter;
+pub mod rules;
+pub mod telemetry;

@@ -1,0 +1,289 @@
+//! Loading a rules directory: read, parse, validate, merge, compile.
+//!
+//! All files are checked and every error is reported, each naming its file; one error
+//! rejects the whole set, so the caller keeps the previous rules.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::file::{self, DescriptorYaml, RulesFile};
+use super::pattern::Pattern;
+use super::tree::{Domain, Level, Limit, Node, RuleSet};
+use super::unit::Unit;
+use crate::telemetry::Metrics;
+
+/// How a directory is turned into rules.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Combine files that declare the same domain instead of rejecting the duplicate.
+    pub merge_domains: bool,
+}
+
+/// One problem with one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadError {
+    pub file: PathBuf,
+    pub message: String,
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.file.display(), self.message)
+    }
+}
+
+/// Every problem found in a rules set.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct LoadErrors(pub Vec<LoadError>);
+
+impl fmt::Display for LoadErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let lines: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        f.write_str(&lines.join("; "))
+    }
+}
+
+/// The rule files of a directory: regular files (symlinks followed) ending in `.yaml` or
+/// `.yml`, skipping names that start with a dot. Not recursive: a Kubernetes ConfigMap
+/// mount keeps its real files under hidden `..data` directories and links them from here.
+pub fn rule_files(dir: &Path) -> Result<Vec<PathBuf>, LoadErrors> {
+    let read_error = |e: std::io::Error| {
+        LoadErrors(vec![LoadError {
+            file: dir.to_owned(),
+            message: format!("cannot read rules directory: {e}"),
+        }])
+    };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(read_error)? {
+        let path = entry.map_err(read_error)?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let is_yaml = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"));
+        if !name.starts_with('.') && is_yaml && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Loads and compiles every rule file in `dir`.
+pub fn load_dir(dir: &Path, options: &LoadOptions, metrics: &Metrics) -> Result<RuleSet, LoadErrors> {
+    let mut sources = Vec::new();
+    let mut errors = Vec::new();
+    for path in rule_files(dir)? {
+        match std::fs::read_to_string(&path) {
+            Ok(text) => sources.push((path, text)),
+            Err(e) => errors.push(LoadError {
+                message: format!("cannot read file: {e}"),
+                file: path,
+            }),
+        }
+    }
+    match compile(&sources, options, metrics) {
+        Ok(rules) if errors.is_empty() => Ok(rules),
+        Ok(_) => Err(LoadErrors(errors)),
+        Err(LoadErrors(more)) => {
+            errors.extend(more);
+            Err(LoadErrors(errors))
+        }
+    }
+}
+
+/// Compiles `(file name, YAML text)` pairs into one rule set.
+pub fn compile(
+    sources: &[(PathBuf, String)],
+    options: &LoadOptions,
+    metrics: &Metrics,
+) -> Result<RuleSet, LoadErrors> {
+    let mut errors = Vec::new();
+    let mut domains: HashMap<String, (PathBuf, Level)> = HashMap::new();
+    for (path, text) in sources {
+        let mut report = |message: String| {
+            errors.push(LoadError {
+                file: path.clone(),
+                message,
+            })
+        };
+        let parsed: RulesFile = match file::parse(text) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                report(format!("error loading config file: {e}"));
+                continue;
+            }
+        };
+        if parsed.domain.is_empty() {
+            report("config file cannot have empty domain".to_owned());
+            continue;
+        }
+        let (level, file_errors) = match domains.get_mut(&parsed.domain) {
+            Some((first, _)) if !options.merge_domains => {
+                report(format!(
+                    "duplicate domain '{}' in config file (also in {}; enable domain merging to combine them)",
+                    parsed.domain,
+                    first.display()
+                ));
+                continue;
+            }
+            Some((_, level)) => {
+                let mut errs = Vec::new();
+                compile_level(&parsed.descriptors, &parsed.domain, &[], level, metrics, &mut errs);
+                (None, errs)
+            }
+            None => {
+                let mut level = Level::default();
+                let mut errs = Vec::new();
+                compile_level(&parsed.descriptors, &parsed.domain, &[], &mut level, metrics, &mut errs);
+                (Some(level), errs)
+            }
+        };
+        let ok = file_errors.is_empty();
+        file_errors.into_iter().for_each(&mut report);
+        if let (Some(level), true) = (level, ok) {
+            domains.insert(parsed.domain, (path.clone(), level));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(LoadErrors(errors));
+    }
+    Ok(RuleSet::new(
+        domains
+            .into_iter()
+            .map(|(name, (_, root))| (name.clone(), Domain { name, root }))
+            .collect(),
+    ))
+}
+
+fn compile_level(
+    descriptors: &[DescriptorYaml],
+    domain: &str,
+    parent_path: &[String],
+    level: &mut Level,
+    metrics: &Metrics,
+    errors: &mut Vec<String>,
+) {
+    for yaml in descriptors {
+        if let Some(node) = compile_node(yaml, domain, parent_path, metrics, errors) {
+            if level.insert(node).is_err() {
+                let stat_key = stat_key(domain, parent_path, &composite_key(yaml));
+                errors.push(format!("duplicate descriptor composite key '{stat_key}'"));
+            }
+        }
+    }
+}
+
+/// `key` or `key_value`, as the reference names a node.
+fn composite_key(yaml: &DescriptorYaml) -> String {
+    match &yaml.value {
+        Some(v) => format!("{}_{}", yaml.key, v),
+        None => yaml.key.clone(),
+    }
+}
+
+fn stat_key(domain: &str, parent_path: &[String], composite: &str) -> String {
+    let mut key = domain.to_owned();
+    for part in parent_path.iter().map(String::as_str).chain([composite]) {
+        key.push('.');
+        key.push_str(part);
+    }
+    key
+}
+
+/// Checks one node (in the reference's order: key, unit, replaces, share_threshold) and
+/// compiles it with its children; `None` when it or a child has an error.
+fn compile_node(
+    yaml: &DescriptorYaml,
+    domain: &str,
+    parent_path: &[String],
+    metrics: &Metrics,
+    errors: &mut Vec<String>,
+) -> Option<Node> {
+    if yaml.key.is_empty() {
+        errors.push("descriptor has empty key".to_owned());
+        return None;
+    }
+    let composite = composite_key(yaml);
+    let stat_key = stat_key(domain, parent_path, &composite);
+    let mut path = parent_path.to_vec();
+    path.push(composite);
+    let pattern = yaml.value.as_deref().and_then(Pattern::parse);
+    let before = errors.len();
+    let limit = yaml
+        .rate_limit
+        .as_ref()
+        .and_then(|rl| compile_limit(rl, domain, &path, metrics, errors));
+    if yaml.share_threshold && pattern.is_none() {
+        errors.push(format!(
+            "share_threshold can only be used with wildcard values (containing '*'), but found key '{}'",
+            path.last().map(String::as_str).unwrap_or_default()
+        ));
+    }
+    let mut children = Level::default();
+    compile_level(&yaml.descriptors, domain, &path, &mut children, metrics, errors);
+    (errors.len() == before).then(|| Node {
+        key: yaml.key.clone(),
+        value: yaml.value.clone(),
+        pattern,
+        stat_key,
+        limit: limit.map(Arc::new),
+        children,
+        shadow_mode: yaml.shadow_mode,
+        quota_mode: yaml.quota_mode,
+        detailed_metric: yaml.detailed_metric,
+        value_to_metric: yaml.value_to_metric,
+        share_threshold: yaml.share_threshold,
+        metadata: yaml.metadata.clone(),
+    })
+}
+
+fn compile_limit(
+    yaml: &file::RateLimitYaml,
+    domain: &str,
+    path: &[String],
+    metrics: &Metrics,
+    errors: &mut Vec<String>,
+) -> Option<Limit> {
+    let before = errors.len();
+    let unit = match (&yaml.unit, yaml.unlimited) {
+        (Some(unit), true) if unit.parse::<Unit>().is_ok() => {
+            errors.push("should not specify rate limit unit when unlimited".to_owned());
+            None
+        }
+        (_, true) => None,
+        (unit, false) => {
+            let unit = unit.as_deref().unwrap_or_default();
+            match unit.parse::<Unit>() {
+                Ok(unit) => Some(unit),
+                Err(e) => {
+                    errors.push(format!("{e} (expected one of second, minute, hour, day, week, month, year)"));
+                    None
+                }
+            }
+        }
+    };
+    let mut replaces = Vec::with_capacity(yaml.replaces.len());
+    for r in &yaml.replaces {
+        if r.name.is_empty() {
+            errors.push("should not have an empty replaces entry".to_owned());
+        } else if yaml.name.as_deref() == Some(r.name.as_str()) {
+            errors.push("replaces should not contain name of same descriptor".to_owned());
+        } else {
+            replaces.push(r.name.clone());
+        }
+    }
+    (errors.len() == before).then(|| {
+        Limit::new(
+            metrics,
+            domain,
+            path,
+            yaml.requests_per_unit,
+            unit.unwrap_or(Unit::Second),
+            yaml.unlimited,
+            yaml.name.clone().filter(|n| !n.is_empty()),
+            replaces,
+        )
+    })
+}

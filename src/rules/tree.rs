@@ -1,0 +1,225 @@
+//! The compiled rules: a tree per domain, matched level by level.
+//!
+//! Each level indexes its children three ways, so a lookup costs one hash probe for the
+//! exact `key`+`value`, then a scan of only the wildcard siblings of that key (in config
+//! order), then one probe for the key's default node. Exact siblings never slow it down.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::pattern::Pattern;
+use super::unit::Unit;
+use crate::telemetry::{Metrics, RuleStats};
+
+/// All domains of a loaded rules directory.
+#[derive(Default)]
+pub struct RuleSet {
+    domains: HashMap<String, Domain>,
+}
+
+impl RuleSet {
+    /// A rule set holding `domains`.
+    pub fn new(domains: HashMap<String, Domain>) -> Self {
+        Self { domains }
+    }
+
+    /// The domain's rules, if it is configured.
+    pub fn domain(&self, name: &str) -> Option<&Domain> {
+        self.domains.get(name)
+    }
+
+    /// Domain names, sorted.
+    pub fn domain_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.domains.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// Every limited node in the reference's config-dump form, one per line, sorted.
+    pub fn dump(&self) -> String {
+        let mut lines = Vec::new();
+        for domain in self.domains.values() {
+            domain.root.dump_into(&mut lines);
+        }
+        lines.sort_unstable();
+        let mut out = lines.join("\n");
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// The rules of one domain.
+pub struct Domain {
+    pub name: String,
+    pub(crate) root: Level,
+}
+
+impl Domain {
+    /// Walks the tree along `entries` and returns the matched node of every level, if
+    /// every entry matched. No backtracking: an exact match that dead-ends does not try
+    /// the default. Deeper requests than the tree, or shallower, simply dead-end or stop
+    /// at a node; the caller applies only the last node's limit.
+    pub fn find<'a>(&self, entries: impl IntoIterator<Item = (&'a str, &'a str)>) -> Option<Vec<&Node>> {
+        let mut level = &self.root;
+        let mut path = Vec::with_capacity(4);
+        for (key, value) in entries {
+            let node = level.child(key, value)?;
+            level = &node.children;
+            path.push(node);
+        }
+        (!path.is_empty()).then_some(path)
+    }
+}
+
+/// The children of one node (or of the domain root).
+#[derive(Default)]
+pub(crate) struct Level {
+    exact: HashMap<String, HashMap<String, Node>>,
+    wildcards: HashMap<String, Vec<Node>>,
+    defaults: HashMap<String, Node>,
+}
+
+impl Level {
+    /// Exact value first, then wildcards in config order, then the key's default.
+    fn child(&self, key: &str, value: &str) -> Option<&Node> {
+        if let Some(node) = self.exact.get(key).and_then(|values| values.get(value)) {
+            return Some(node);
+        }
+        if let Some(node) = self.wildcards.get(key).and_then(|nodes| {
+            nodes
+                .iter()
+                .find(|n| n.pattern.as_ref().is_some_and(|p| p.matches(value)))
+        }) {
+            return Some(node);
+        }
+        self.defaults.get(key)
+    }
+
+    /// Adds a node; `Err` names the composite key already present at this level.
+    pub(crate) fn insert(&mut self, node: Node) -> Result<(), String> {
+        let duplicate = match (&node.value, &node.pattern) {
+            (None, _) => self.defaults.contains_key(&node.key),
+            (Some(_), Some(p)) => self
+                .wildcards
+                .get(&node.key)
+                .is_some_and(|nodes| nodes.iter().any(|n| n.value.as_deref() == Some(p.as_str()))),
+            (Some(v), None) => self.exact.get(&node.key).is_some_and(|m| m.contains_key(v)),
+        };
+        if duplicate {
+            return Err(node.composite_key());
+        }
+        match (&node.value, &node.pattern) {
+            (None, _) => {
+                self.defaults.insert(node.key.clone(), node);
+            }
+            (Some(_), Some(_)) => self.wildcards.entry(node.key.clone()).or_default().push(node),
+            (Some(v), None) => {
+                let v = v.clone();
+                self.exact.entry(node.key.clone()).or_default().insert(v, node);
+            }
+        }
+        Ok(())
+    }
+
+    fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.exact
+            .values()
+            .flat_map(HashMap::values)
+            .chain(self.wildcards.values().flatten())
+            .chain(self.defaults.values())
+    }
+
+    fn dump_into(&self, lines: &mut Vec<String>) {
+        for node in self.nodes() {
+            if let Some(limit) = &node.limit {
+                lines.push(format!("{}: {}", node.stat_key, limit.describe(node)));
+            }
+            node.children.dump_into(lines);
+        }
+    }
+}
+
+/// One descriptor node of the config.
+pub struct Node {
+    pub key: String,
+    /// `None` for the key's default node; the pattern's text for a wildcard.
+    pub value: Option<String>,
+    pub(crate) pattern: Option<Pattern>,
+    /// The reference's stat key for this node: `domain.key_value.subkey`.
+    pub stat_key: String,
+    pub limit: Option<Arc<Limit>>,
+    pub(crate) children: Level,
+    pub shadow_mode: bool,
+    pub quota_mode: bool,
+    pub detailed_metric: bool,
+    pub value_to_metric: bool,
+    pub share_threshold: bool,
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl Node {
+    /// `key` or `key_value`, as the reference names a node in its stat keys and errors.
+    pub fn composite_key(&self) -> String {
+        match &self.value {
+            Some(v) => format!("{}_{}", self.key, v),
+            None => self.key.clone(),
+        }
+    }
+
+    /// Whether this node matched through a wildcard value.
+    pub fn is_wildcard(&self) -> bool {
+        self.pattern.is_some()
+    }
+}
+
+/// A limit attached to a node.
+pub struct Limit {
+    pub requests_per_unit: u32,
+    pub unit: Unit,
+    /// Matches without counting; reported with no `current_limit`.
+    pub unlimited: bool,
+    pub name: Option<String>,
+    /// Names of limits this one drops when both match a request.
+    pub replaces: Vec<String>,
+    /// The reference's per-rule statistics, registered once at load.
+    pub stats: RuleStats,
+}
+
+impl Limit {
+    /// A limit with its statistics registered under its domain and config path.
+    pub fn new(
+        metrics: &Metrics,
+        domain: &str,
+        path: &[String],
+        requests_per_unit: u32,
+        unit: Unit,
+        unlimited: bool,
+        name: Option<String>,
+        replaces: Vec<String>,
+    ) -> Self {
+        Self {
+            requests_per_unit,
+            unit,
+            unlimited,
+            name,
+            replaces,
+            stats: metrics.rule_stats(domain, path),
+        }
+    }
+
+    /// The reference's dump line body: `unit=MINUTE requests_per_unit=5, shadow_mode: false,
+    /// quota_mode: false` (unlimited rules print `unit=UNKNOWN requests_per_unit=0`).
+    fn describe(&self, node: &Node) -> String {
+        let (unit, rpu) = if self.unlimited { ("UNKNOWN", 0) } else { (self.unit.name(), self.requests_per_unit) };
+        let mut text = format!(
+            "unit={unit} requests_per_unit={rpu}, shadow_mode: {}, quota_mode: {}",
+            node.shadow_mode, node.quota_mode
+        );
+        if let Some(name) = &self.name {
+            text.push_str(&format!(", name: {name}"));
+        }
+        text
+    }
+}

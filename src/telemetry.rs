@@ -1,0 +1,165 @@
+//! Logs and metrics, set up in one place.
+//!
+//! Metric names follow the reference's statsd names as its default Prometheus mapping
+//! exposes them (see the README's metrics table): `ratelimit.service.rate_limit.<domain>.
+//! <k1>.<k2>.<stat>` is `ratelimit_service_rate_limit_<stat>{domain,key1,key2}`, one
+//! `keyN` label per descriptor level, so dashboards built for the reference keep working.
+//! Each app owns its own recorder, so apps started side by side in tests never mix counts.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use metrics::{Counter, Histogram, Key, Label, Metadata, Recorder};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+/// Most distinct runtime-valued series (from `detailed_metric`, `value_to_metric` and
+/// unknown domains) one process creates; later ones are counted under `key="_overflow_"`.
+/// Config-defined keys are always registered: the config bounds them.
+pub const MAX_RUNTIME_SERIES: usize = 10_000;
+
+/// The label value that runtime series beyond [`MAX_RUNTIME_SERIES`] are folded into.
+pub const OVERFLOW_KEY: &str = "_overflow_";
+
+/// Starts logging to stderr; `RUST_LOG` filters, `json` picks structured lines.
+pub fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+}
+
+/// The reference's per-rule statistics.
+#[derive(Clone)]
+pub struct RuleStats {
+    pub total_hits: Counter,
+    pub over_limit: Counter,
+    pub near_limit: Counter,
+    pub within_limit: Counter,
+    pub over_limit_with_local_cache: Counter,
+    pub shadow_mode: Counter,
+    pub total_negative_hits: Counter,
+}
+
+/// Service-wide statistics.
+#[derive(Clone)]
+pub struct ServiceStats {
+    pub config_load_success: Counter,
+    pub config_load_error: Counter,
+    pub global_shadow_mode: Counter,
+    pub redis_error: Counter,
+    pub service_error: Counter,
+    pub total_requests: Counter,
+    pub response_time: Histogram,
+}
+
+/// This app's metrics registry and its Prometheus rendering.
+#[derive(Clone)]
+pub struct Metrics {
+    recorder: Arc<PrometheusRecorder>,
+    handle: PrometheusHandle,
+    runtime_series: Arc<AtomicUsize>,
+    pub service: ServiceStats,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh, empty registry.
+    pub fn new() -> Self {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let plain = |name: &'static str| recorder.register_counter(&Key::from_name(name), &METADATA);
+        let error = |err_type: &'static str| {
+            let labels = vec![Label::new("err_type", err_type)];
+            recorder.register_counter(&Key::from_parts("ratelimit_service_should_rate_limit_error", labels), &METADATA)
+        };
+        let method = vec![Label::new("grpc_method", "ShouldRateLimit")];
+        let service = ServiceStats {
+            config_load_success: plain("ratelimit_service_config_load_success"),
+            config_load_error: plain("ratelimit_service_config_load_error"),
+            global_shadow_mode: plain("ratelimit_service_global_shadow_mode"),
+            redis_error: error("redis_error"),
+            service_error: error("service_error"),
+            total_requests: recorder
+                .register_counter(&Key::from_parts("ratelimit_service_total_requests", method.clone()), &METADATA),
+            response_time: recorder
+                .register_histogram(&Key::from_parts("ratelimit_service_response_time_seconds", method), &METADATA),
+        };
+        Self {
+            recorder: Arc::new(recorder),
+            handle,
+            runtime_series: Arc::new(AtomicUsize::new(0)),
+            service,
+        }
+    }
+
+    /// Statistics for a rule defined in the config: its domain and the `key` or
+    /// `key_value` of each level of its path.
+    pub fn rule_stats<S: AsRef<str>>(&self, domain: &str, path: &[S]) -> RuleStats {
+        self.rule_stats_labelled(domain, path)
+    }
+
+    /// Statistics for a path built from request values; bounded by [`MAX_RUNTIME_SERIES`].
+    pub fn runtime_rule_stats<S: AsRef<str>>(&self, domain: &str, path: &[S]) -> RuleStats {
+        if self.take_runtime_series() {
+            self.rule_stats_labelled(domain, path)
+        } else {
+            self.rule_stats_labelled(domain, &[OVERFLOW_KEY])
+        }
+    }
+
+    /// `<domain>.domain_not_found`: a descriptor named a domain with no rules.
+    pub fn domain_not_found(&self, domain: &str) -> Counter {
+        let domain = if self.take_runtime_series() { domain } else { OVERFLOW_KEY };
+        self.counter(
+            "ratelimit_service_rate_limit_domain_not_found",
+            vec![Label::new("domain", domain.to_owned())],
+        )
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+
+    fn take_runtime_series(&self) -> bool {
+        self.runtime_series
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < MAX_RUNTIME_SERIES).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    fn rule_stats_labelled<S: AsRef<str>>(&self, domain: &str, path: &[S]) -> RuleStats {
+        let mut labels = Vec::with_capacity(path.len() + 1);
+        labels.push(Label::new("domain", domain.to_owned()));
+        for (level, part) in path.iter().enumerate() {
+            labels.push(Label::new(format!("key{}", level + 1), part.as_ref().to_owned()));
+        }
+        let stat = |name: &'static str| self.counter(name, labels.clone());
+        RuleStats {
+            total_hits: stat("ratelimit_service_rate_limit_total_hits"),
+            over_limit: stat("ratelimit_service_rate_limit_over_limit"),
+            near_limit: stat("ratelimit_service_rate_limit_near_limit"),
+            within_limit: stat("ratelimit_service_rate_limit_within_limit"),
+            over_limit_with_local_cache: stat("ratelimit_service_rate_limit_over_limit_with_local_cache"),
+            shadow_mode: stat("ratelimit_service_rate_limit_shadow_mode"),
+            total_negative_hits: stat("ratelimit_service_rate_limit_total_negative_hits"),
+        }
+    }
+
+    fn counter(&self, name: &'static str, labels: Vec<Label>) -> Counter {
+        self.recorder
+            .register_counter(&Key::from_parts(name, labels), &METADATA)
+    }
+}
+
+static METADATA: Metadata<'static> = metrics::Metadata::new(
+    module_path!(),
+    metrics::Level::INFO,
+    Some(module_path!()),
+);
