@@ -14,3 +14,6 @@ pub mod store;
 pub mod limiter;
 pub mod rules;
 pub mod telemetry;
+pub mod app;
+pub mod edge;
+pub mod settings;

@@ -1,1 +1,91 @@
-fn main() {}
+//! The `tollgate` binary: parse the command line, load settings, run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tollgate::app::{App, shutdown_signal};
+use tollgate::rules::load;
+use tollgate::settings::{LogFormat, Settings};
+use tollgate::telemetry::{self, Metrics};
+
+/// A global rate-limit and quota service for Envoy.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Settings file (TOML); `TOLLGATE_*` environment variables override it.
+    #[arg(long, global = true, env = "TOLLGATE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service (the default).
+    Serve,
+    /// Validate a rules directory offline; prints each error with its file name.
+    CheckConfig {
+        /// The directory of YAML rule files.
+        dir: PathBuf,
+        /// Check as if domain merging were on.
+        #[arg(long)]
+        merge_domains: bool,
+    },
+    /// Print the version.
+    Version,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Version => {
+            println!("tollgate {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::CheckConfig { dir, merge_domains } => check_config(&dir, merge_domains),
+        Command::Serve => serve(cli.config),
+    }
+}
+
+fn check_config(dir: &std::path::Path, merge_domains: bool) -> ExitCode {
+    let options = load::LoadOptions { merge_domains };
+    match load::load_dir(dir, &options, &Metrics::new()) {
+        Ok(rules) => {
+            println!("{}: ok ({} domains)", dir.display(), rules.domain_names().len());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for error in &errors.0 {
+                eprintln!("{error}");
+            }
+            eprintln!("{}: {} error(s)", dir.display(), errors.0.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(config: Option<PathBuf>) -> ExitCode {
+    let settings = match Settings::load(config.as_deref()) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("tollgate: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    telemetry::init_tracing(settings.log_format == LogFormat::Json);
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
+    let outcome = runtime.block_on(async {
+        let app = App::build(settings).await?;
+        tracing::info!(grpc = %app.grpc_addr(), http = %app.http_addr(), "tollgate serving");
+        app.run(shutdown_signal()).await
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("tollgate: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! Wires settings into a running service: rules, store, limiter, gRPC and HTTP servers.
+//!
+//! [`App::build`] binds both listeners (port 0 works, for tests) and loads everything;
+//! [`App::run`] serves until the shutdown future resolves, then shuts down in order:
+//! health turns NOT_SERVING, an optional delay lets load balancers notice, listeners
+//! stop accepting, and in-flight calls get a grace period to finish.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use arc_swap::ArcSwapOption;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::{SharedClock, SystemClock};
+use crate::edge::grpc::RateLimitGrpc;
+use crate::edge::health::Health;
+use crate::edge::http::{self, HttpState};
+use crate::limiter::Limiter;
+use crate::rules::watch::{self, CurrentRules, RulesWatcher};
+use crate::settings::{Settings, redact_url};
+use crate::store::{MemoryStore, RedisStore, Store};
+use crate::telemetry::Metrics;
+
+/// How often the memory store drops expired counters.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// How often gRPC health is re-published (it follows the store's state).
+const HEALTH_EVERY: Duration = Duration::from_millis(500);
+
+/// A built, not yet running, tollgate.
+pub struct App {
+    settings: Settings,
+    grpc_listener: TcpListener,
+    http_listener: TcpListener,
+    limiter: Arc<Limiter>,
+    metrics: Metrics,
+    background: Vec<tokio::task::JoinHandle<()>>,
+    _watcher: Option<RulesWatcher>,
+}
+
+impl App {
+    /// Builds the app on the system clock.
+    pub async fn build(settings: Settings) -> anyhow::Result<App> {
+        Self::build_with_clock(settings, Arc::new(SystemClock)).await
+    }
+
+    /// Builds the app on the given clock: loads the rules (an invalid set is an error),
+    /// connects the store, and binds both listeners.
+    pub async fn build_with_clock(settings: Settings, clock: SharedClock) -> anyhow::Result<App> {
+        settings.validate()?;
+        let metrics = Metrics::new();
+        let rules: CurrentRules = Arc::new(ArcSwapOption::empty());
+        watch::reload(&settings.rules_dir, &settings.load_options(), &metrics, &rules)
+            .map_err(|errors| anyhow::anyhow!("invalid rules in {}: {errors}", settings.rules_dir.display()))?;
+        let watcher = if settings.watch_rules {
+            let watcher = watch::watch(
+                settings.rules_dir.clone(),
+                settings.load_options(),
+                metrics.clone(),
+                rules.clone(),
+            )
+            .with_context(|| format!("cannot watch {}", settings.rules_dir.display()))?;
+            Some(watcher)
+        } else {
+            None
+        };
+
+        let mut background = Vec::new();
+        let store = if settings.store == "memory" {
+            let store = MemoryStore::new(clock.clone());
+            background.push(store.spawn_sweeper(SWEEP_EVERY));
+            Store::Memory(store)
+        } else {
+            let store = RedisStore::connect(&settings.store, settings.store_deadline())
+                .await
+                .with_context(|| format!("cannot use store {}", redact_url(&settings.store)))?;
+            Store::Redis(store)
+        };
+        tracing::info!(store = %redact_url(&settings.store), "counter store ready");
+
+        let limiter = Arc::new(Limiter::new(rules, store, clock, metrics.clone(), settings.limiter_options()));
+        let grpc_listener = TcpListener::bind(settings.grpc_addr)
+            .await
+            .with_context(|| format!("cannot listen for gRPC on {}", settings.grpc_addr))?;
+        let http_listener = TcpListener::bind(settings.http_addr)
+            .await
+            .with_context(|| format!("cannot listen for HTTP on {}", settings.http_addr))?;
+        Ok(App {
+            settings,
+            grpc_listener,
+            http_listener,
+            limiter,
+            metrics,
+            background,
+            _watcher: watcher,
+        })
+    }
+
+    /// The bound gRPC address.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// The bound HTTP address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// The limiter (tests inspect its rules and store).
+    pub fn limiter(&self) -> &Arc<Limiter> {
+        &self.limiter
+    }
+
+    /// Serves until `shutdown` resolves, then shuts down in order.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let App {
+            settings,
+            grpc_listener,
+            http_listener,
+            limiter,
+            metrics,
+            mut background,
+            _watcher,
+        } = self;
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        let health = Health::new(limiter.clone(), reporter, settings.healthy_requires_rules);
+        health.publish().await;
+        background.push(health.spawn_publisher(HEALTH_EVERY));
+
+        let stop = CancellationToken::new();
+        let grpc = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(RateLimitServiceServer::new(RateLimitGrpc::new(limiter.clone(), metrics.clone())))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), stop.clone().cancelled_owned());
+        let router = http::router(HttpState {
+            limiter,
+            health: health.clone(),
+            metrics,
+        });
+        let http = axum::serve(http_listener, router).with_graceful_shutdown(stop.clone().cancelled_owned());
+        let mut grpc = tokio::spawn(grpc);
+        let mut http = tokio::spawn(async move { http.await });
+
+        tokio::select! {
+            () = shutdown => {}
+            result = &mut grpc => return Err(anyhow::anyhow!("gRPC server stopped: {result:?}")),
+            result = &mut http => return Err(anyhow::anyhow!("HTTP server stopped: {result:?}")),
+        }
+        tracing::info!("shutting down: health is NOT_SERVING");
+        health.start_draining().await;
+        tokio::time::sleep(Duration::from_secs(settings.shutdown_delay_secs)).await;
+        stop.cancel();
+        let grace = Duration::from_secs(settings.shutdown_grace_secs);
+        if tokio::time::timeout(grace, async {
+            let _ = (&mut grpc).await;
+            let _ = (&mut http).await;
+        })
+        .await
+        .is_err()
+        {
+            tracing::warn!(?grace, "in-flight calls did not finish in time");
+        }
+        background.iter().for_each(tokio::task::JoinHandle::abort);
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,296 @@
+//! Typed, layered settings: built-in defaults, then a TOML file, then `TOLLGATE_*`
+//! environment variables (each field's upper-cased name, e.g. `TOLLGATE_STORE`).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::limiter::{HeaderNames, LimiterOptions};
+use crate::rules::LoadOptions;
+
+/// Everything an operator can set. The README's configuration reference lists each
+/// field with its reference-service equivalent.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Where Envoy calls `ShouldRateLimit` (the reference's `GRPC_HOST:GRPC_PORT`).
+    pub grpc_addr: SocketAddr,
+    /// Health check, `/json`, config dump and metrics (the reference's `HOST:PORT`).
+    pub http_addr: SocketAddr,
+    /// Directory of YAML rule files.
+    pub rules_dir: PathBuf,
+    /// Reload the rules when the directory changes.
+    pub watch_rules: bool,
+    /// Combine files that declare the same domain (`MERGE_DOMAIN_CONFIG`).
+    pub merge_domains: bool,
+    /// `memory`, or a Redis URL: `redis://`, `rediss://`, `redis+sentinel://`, `redis+cluster://`.
+    pub store: String,
+    /// Longest wait for the store before the call fails with UNAVAILABLE, in milliseconds.
+    pub store_deadline_ms: u64,
+    /// Prepended to every counter key (`CACHE_KEY_PREFIX`).
+    pub key_prefix: String,
+    /// Fraction of a limit past which hits count as near it (`NEAR_LIMIT_RATIO`).
+    pub near_limit_ratio: f32,
+    /// Global shadow mode: never answer OVER_LIMIT overall (`SHADOW_MODE`).
+    pub shadow_mode: bool,
+    /// Add rate-limit headers to responses (`LIMIT_RESPONSE_HEADERS_ENABLED`).
+    pub response_headers: bool,
+    /// `LIMIT_LIMIT_HEADER`.
+    pub header_limit: String,
+    /// `LIMIT_REMAINING_HEADER`.
+    pub header_remaining: String,
+    /// `LIMIT_RESET_HEADER`.
+    pub header_reset: String,
+    /// Return dynamic metadata (`RESPONSE_DYNAMIC_METADATA`).
+    pub dynamic_metadata: bool,
+    /// Do not count hits that would pass the limit (`STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT`).
+    pub stop_incrementing_when_over_limit: bool,
+    /// Over-limit keys remembered locally, in entries; 0 disables (`LOCAL_CACHE_SIZE_IN_BYTES`).
+    pub local_cache_size: usize,
+    /// Report unhealthy until a rules set with a domain is loaded
+    /// (`HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED`).
+    pub healthy_requires_rules: bool,
+    /// On shutdown, seconds to keep serving after health turns NOT_SERVING, so load
+    /// balancers stop sending traffic first.
+    pub shutdown_delay_secs: u64,
+    /// On shutdown, seconds in-flight calls get to finish.
+    pub shutdown_grace_secs: u64,
+    /// `text` or `json` log lines (`LOG_FORMAT`).
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            grpc_addr: SocketAddr::from(([0, 0, 0, 0], 8081)),
+            http_addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            rules_dir: PathBuf::from("config"),
+            watch_rules: true,
+            merge_domains: false,
+            store: "memory".into(),
+            store_deadline_ms: 10,
+            key_prefix: String::new(),
+            near_limit_ratio: 0.8,
+            shadow_mode: false,
+            response_headers: false,
+            header_limit: "RateLimit-Limit".into(),
+            header_remaining: "RateLimit-Remaining".into(),
+            header_reset: "RateLimit-Reset".into(),
+            dynamic_metadata: false,
+            stop_incrementing_when_over_limit: false,
+            local_cache_size: 0,
+            healthy_requires_rules: false,
+            shutdown_delay_secs: 0,
+            shutdown_grace_secs: 10,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// The settings could not be read or are invalid; the message names the field and source.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("{0}")]
+    Source(#[from] Box<figment::Error>),
+    #[error("setting '{field}': {problem}")]
+    Invalid { field: &'static str, problem: String },
+}
+
+impl Settings {
+    /// Defaults, then `file` (if given), then the process's `TOLLGATE_*` variables.
+    pub fn load(file: Option<&Path>) -> Result<Settings, SettingsError> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(file) = file {
+            if !file.is_file() {
+                return Err(SettingsError::Invalid {
+                    field: "config file",
+                    problem: format!("{} does not exist or is not a file", file.display()),
+                });
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        // `TOLLGATE_CONFIG` names the settings file itself and is not a setting.
+        let env = Env::prefixed("TOLLGATE_").ignore(&["config"]);
+        let settings: Settings = figment.merge(env).extract().map_err(Box::new)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks the values serde cannot.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let invalid = |field, problem: &str| {
+            Err(SettingsError::Invalid {
+                field,
+                problem: problem.to_owned(),
+            })
+        };
+        if !(self.near_limit_ratio > 0.0 && self.near_limit_ratio <= 1.0) {
+            return invalid("near_limit_ratio", "must be greater than 0 and at most 1");
+        }
+        if self.key_prefix.contains(['{', '}']) {
+            return invalid("key_prefix", "must not contain '{' or '}' (they would override the Redis Cluster hash tag)");
+        }
+        if self.store_deadline_ms == 0 {
+            return invalid("store_deadline_ms", "must be at least 1");
+        }
+        let known = ["memory", "redis://", "rediss://", "redis+sentinel://", "rediss+sentinel://", "redis+cluster://", "rediss+cluster://"];
+        if !known.iter().any(|k| self.store == *k || (k.ends_with("://") && self.store.starts_with(k))) {
+            return invalid("store", "must be 'memory' or a redis://, rediss://, redis+sentinel:// or redis+cluster:// URL");
+        }
+        for (field, name) in [
+            ("header_limit", &self.header_limit),
+            ("header_remaining", &self.header_remaining),
+            ("header_reset", &self.header_reset),
+        ] {
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b)) {
+                return invalid(field, "must be a non-empty header name (letters, digits, '-' and '_')");
+            }
+        }
+        Ok(())
+    }
+
+    /// The limiter's options.
+    pub fn limiter_options(&self) -> LimiterOptions {
+        LimiterOptions {
+            key_prefix: self.key_prefix.clone(),
+            near_limit_ratio: self.near_limit_ratio,
+            global_shadow_mode: self.shadow_mode,
+            stop_incrementing_when_over_limit: self.stop_incrementing_when_over_limit,
+            response_headers: self.response_headers.then(|| HeaderNames {
+                limit: self.header_limit.clone(),
+                remaining: self.header_remaining.clone(),
+                reset: self.header_reset.clone(),
+            }),
+            dynamic_metadata: self.dynamic_metadata,
+            store_deadline: self.store_deadline(),
+            local_cache_size: self.local_cache_size,
+        }
+    }
+
+    /// How rule files are loaded.
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            merge_domains: self.merge_domains,
+        }
+    }
+
+    /// The store deadline as a duration.
+    pub fn store_deadline(&self) -> Duration {
+        Duration::from_millis(self.store_deadline_ms)
+    }
+}
+
+/// The store URL with any password replaced, for logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("grpc_addr", &self.grpc_addr)
+            .field("http_addr", &self.http_addr)
+            .field("rules_dir", &self.rules_dir)
+            .field("store", &redact_url(&self.store))
+            .field("key_prefix", &self.key_prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_reference_ports() {
+        let s = Settings::default();
+        assert_eq!(s.grpc_addr.port(), 8081);
+        assert_eq!(s.http_addr.port(), 8080);
+        assert_eq!(s.store, "memory");
+        assert!(s.validate().is_ok());
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact_url("redis://user:secret@host:6379/0"), "redis://user:***@host:6379/0");
+        assert_eq!(redact_url("redis://host:6379"), "redis://host:6379");
+        let s = Settings {
+            store: "rediss://:pw@h:1".into(),
+            ..Settings::default()
+        };
+        assert!(!format!("{s:?}").contains("pw"));
+    }
+
+    #[test]
+    fn invalid_values_name_their_field() {
+        let bad = Settings {
+            near_limit_ratio: 1.5,
+            ..Settings::default()
+        };
+        assert!(bad.validate().unwrap_err().to_string().contains("near_limit_ratio"));
+        let bad = Settings {
+            store: "mysql://x".into(),
+            ..Settings::default()
+        };
+        assert!(bad.validate().unwrap_err().to_string().contains("'store'"));
+        let bad = Settings {
+            key_prefix: "{x}".into(),
+            ..Settings::default()
+        };
+        assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn file_then_environment_override_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("t.toml", "store = \"redis://127.0.0.1:6379\"\nkey_prefix = \"file\"\n")?;
+            jail.set_env("TOLLGATE_KEY_PREFIX", "env");
+            jail.set_env("TOLLGATE_STORE_DEADLINE_MS", "25");
+            let s = Settings::load(Some(Path::new("t.toml"))).expect("loads");
+            assert_eq!(s.store, "redis://127.0.0.1:6379");
+            assert_eq!(s.key_prefix, "env");
+            assert_eq!(s.store_deadline_ms, 25);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_bad_environment_value_names_the_variable() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("TOLLGATE_STORE_DEADLINE_MS", "soon");
+            let err = Settings::load(None).unwrap_err().to_string();
+            assert!(err.contains("TOLLGATE_STORE_DEADLINE_MS") || err.contains("store_deadline_ms"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_file_keys_are_rejected() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("t.toml", "stroe = \"memory\"\n")?;
+            let err = Settings::load(Some(Path::new("t.toml"))).unwrap_err().to_string();
+            assert!(err.contains("stroe"), "{err}");
+            Ok(())
+        });
+    }
+}
