@@ -287,3 +287,107 @@ fn compile_limit(
         )
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compile_one(yaml: &str) -> Result<RuleSet, LoadErrors> {
+        compile(&[(PathBuf::from("r.yaml"), yaml.to_owned())], &LoadOptions::default(), &Metrics::new())
+    }
+
+    fn limit_at(rules: &RuleSet, domain: &str, entries: &[(&str, &str)]) -> Option<u32> {
+        let path = rules.domain(domain)?.find(entries.iter().copied())?;
+        path.last()?.limit.as_ref().map(|l| l.requests_per_unit)
+    }
+
+    const TREE: &str = r#"
+domain: d
+descriptors:
+  - key: k
+    value: exact
+    rate_limit: {unit: second, requests_per_unit: 1}
+  - key: k
+    value: ex*
+    rate_limit: {unit: second, requests_per_unit: 2}
+  - key: k
+    value: "*act"
+    rate_limit: {unit: second, requests_per_unit: 3}
+  - key: k
+    rate_limit: {unit: second, requests_per_unit: 4}
+    descriptors:
+      - key: sub
+        rate_limit: {unit: second, requests_per_unit: 5}
+"#;
+
+    #[test]
+    fn exact_beats_wildcards_which_beat_the_default() {
+        let rules = compile_one(TREE).unwrap();
+        assert_eq!(limit_at(&rules, "d", &[("k", "exact")]), Some(1));
+        assert_eq!(limit_at(&rules, "d", &[("k", "extra")]), Some(2));
+        assert_eq!(limit_at(&rules, "d", &[("k", "react")]), Some(3));
+        assert_eq!(limit_at(&rules, "d", &[("k", "other")]), Some(4));
+        assert_eq!(limit_at(&rules, "d", &[("k", "other"), ("sub", "x")]), Some(5));
+    }
+
+    #[test]
+    fn wildcards_are_tried_in_config_order() {
+        // "exact-act" matches both ex* and *act; ex* comes first.
+        let rules = compile_one(TREE).unwrap();
+        assert_eq!(limit_at(&rules, "d", &[("k", "exact-act")]), Some(2));
+    }
+
+    #[test]
+    fn a_dead_end_after_an_exact_match_does_not_backtrack() {
+        let rules = compile_one(TREE).unwrap();
+        assert!(rules.domain("d").unwrap().find([("k", "exact"), ("sub", "x")]).is_none());
+        assert!(rules.domain("d").unwrap().find([("nokey", "x")]).is_none());
+    }
+
+    #[test]
+    fn thousands_of_exact_siblings_still_match_each_value() {
+        let mut yaml = String::from("domain: big\ndescriptors:\n");
+        for i in 0..10_000 {
+            yaml.push_str(&format!("  - key: user\n    value: u{i}\n    rate_limit: {{unit: minute, requests_per_unit: {i}}}\n"));
+        }
+        let rules = compile_one(&yaml).unwrap();
+        assert_eq!(limit_at(&rules, "big", &[("user", "u0")]), Some(0));
+        assert_eq!(limit_at(&rules, "big", &[("user", "u9999")]), Some(9999));
+        assert_eq!(limit_at(&rules, "big", &[("user", "u10000")]), None);
+    }
+
+    #[test]
+    fn scalar_values_of_any_type_read_as_text() {
+        let rules = compile_one("domain: d\ndescriptors:\n  - key: code\n    value: 429\n    rate_limit: {unit: second, requests_per_unit: 1}\n").unwrap();
+        assert_eq!(limit_at(&rules, "d", &[("code", "429")]), Some(1));
+    }
+
+    #[test]
+    fn the_dump_lists_limited_nodes_in_the_reference_format() {
+        let rules = compile_one(TREE).unwrap();
+        let dump = rules.dump();
+        assert!(dump.contains("d.k_exact: unit=SECOND requests_per_unit=1, shadow_mode: false, quota_mode: false\n"), "{dump}");
+        assert!(dump.contains("d.k.sub: unit=SECOND requests_per_unit=5"), "{dump}");
+        assert_eq!(dump.lines().count(), 5);
+    }
+
+    #[test]
+    fn all_errors_of_a_file_are_reported() {
+        let errors = compile_one(
+            "domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unit: nope}\n  - key: b\n    rate_limit: {unit: nope2}\n",
+        )
+        .unwrap_err();
+        assert_eq!(errors.0.len(), 2, "{errors}");
+        assert!(errors.0.iter().all(|e| e.file == Path::new("r.yaml")));
+    }
+
+    #[test]
+    fn merging_rejects_a_repeated_top_level_key() {
+        let a = (PathBuf::from("a.yaml"), "domain: d\ndescriptors:\n  - key: k\n".to_owned());
+        let b = (PathBuf::from("b.yaml"), "domain: d\ndescriptors:\n  - key: k\n".to_owned());
+        let merge = LoadOptions { merge_domains: true };
+        let errors = compile(&[a, b], &merge, &Metrics::new()).unwrap_err();
+        assert_eq!(errors.0[0].file, Path::new("b.yaml"));
+        assert!(errors.0[0].message.contains("duplicate descriptor composite key 'd.k'"));
+    }
+}

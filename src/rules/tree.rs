@@ -17,6 +17,12 @@ pub struct RuleSet {
     domains: HashMap<String, Domain>,
 }
 
+impl std::fmt::Debug for RuleSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuleSet").field("domains", &self.domain_names()).finish()
+    }
+}
+
 impl RuleSet {
     /// A rule set holding `domains`.
     pub fn new(domains: HashMap<String, Domain>) -> Self {
