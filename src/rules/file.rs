@@ -1,10 +1,35 @@
 //! The YAML shape of one rules file, exactly as the reference service reads it.
+//!
+//! Keys are checked the reference's way before the typed parse: every mapping key, at any
+//! depth, must be one of [`VALID_KEYS`] (free-form `metadata` excepted). A known key in an
+//! unusual place is ignored rather than rejected, so every file the reference accepts
+//! loads here unchanged.
 
 use serde::{Deserialize, Deserializer};
+use serde_norway::Value;
+
+/// Every key the format knows, accepted at any level as the reference does.
+pub const VALID_KEYS: &[&str] = &[
+    "domain",
+    "key",
+    "value",
+    "descriptors",
+    "rate_limit",
+    "unit",
+    "requests_per_unit",
+    "unlimited",
+    "shadow_mode",
+    "quota_mode",
+    "name",
+    "replaces",
+    "detailed_metric",
+    "value_to_metric",
+    "share_threshold",
+    "metadata",
+];
 
 /// One file: a domain and its descriptor tree.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default, Deserialize)]
 pub struct RulesFile {
     #[serde(default, deserialize_with = "scalar")]
     pub domain: String,
@@ -14,7 +39,6 @@ pub struct RulesFile {
 
 /// One node of the descriptor tree.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DescriptorYaml {
     #[serde(default, deserialize_with = "scalar")]
     pub key: String,
@@ -39,7 +63,6 @@ pub struct DescriptorYaml {
 
 /// A node's limit.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RateLimitYaml {
     #[serde(default, deserialize_with = "optional_scalar")]
     pub unit: Option<String>,
@@ -55,7 +78,6 @@ pub struct RateLimitYaml {
 
 /// A reference to another limit, by name, that this one replaces.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ReplacesYaml {
     #[serde(default, deserialize_with = "scalar")]
     pub name: String,
@@ -95,7 +117,60 @@ fn optional_scalar<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D:
     Ok(Option::<Scalar>::deserialize(d)?.map(Scalar::into_text))
 }
 
-/// Parses a file's text; the error is serde's, with the line and column.
-pub fn parse(text: &str) -> Result<RulesFile, serde_norway::Error> {
-    serde_norway::from_str(text)
+/// Why a file could not be read as rules; messages follow the reference's.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("error loading config file: {0}")]
+    Yaml(#[from] serde_norway::Error),
+    #[error("config error, unknown key '{0}'")]
+    UnknownKey(String),
+    #[error("config error, key is not of type string: {0}")]
+    KeyNotString(String),
+    #[error("config error, yaml file contains list of type other than map: {0}")]
+    ListOfNonMap(String),
+}
+
+/// Parses a file's text: syntax, then key names, then types.
+pub fn parse(text: &str) -> Result<RulesFile, FileError> {
+    let value: Value = serde_norway::from_str(text)?;
+    if value.is_null() {
+        // An empty file: the loader reports its missing domain.
+        return Ok(RulesFile::default());
+    }
+    check_keys(&value)?;
+    Ok(serde_norway::from_value(value)?)
+}
+
+fn check_keys(value: &Value) -> Result<(), FileError> {
+    match value {
+        Value::Mapping(map) => {
+            for (key, child) in map {
+                let Value::String(key) = key else {
+                    return Err(FileError::KeyNotString(scalar_text(key)));
+                };
+                if !VALID_KEYS.contains(&key.as_str()) {
+                    return Err(FileError::UnknownKey(key.clone()));
+                }
+                if key != "metadata" {
+                    check_keys(child)?;
+                }
+            }
+            Ok(())
+        }
+        Value::Sequence(items) => items.iter().try_for_each(|item| match item {
+            Value::Mapping(_) => check_keys(item),
+            other => Err(FileError::ListOfNonMap(scalar_text(other))),
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn scalar_text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Null => "<nil>".into(),
+        other => format!("{other:?}"),
+    }
 }

@@ -111,7 +111,7 @@ pub fn compile(
         let parsed: RulesFile = match file::parse(text) {
             Ok(parsed) => parsed,
             Err(e) => {
-                report(format!("error loading config file: {e}"));
+                report(e.to_string());
                 continue;
             }
         };
@@ -369,6 +369,18 @@ descriptors:
         assert!(dump.contains("d.k_exact: unit=SECOND requests_per_unit=1, shadow_mode: false, quota_mode: false\n"), "{dump}");
         assert!(dump.contains("d.k.sub: unit=SECOND requests_per_unit=5"), "{dump}");
         assert_eq!(dump.lines().count(), 5);
+    }
+
+    #[test]
+    fn a_known_key_in_an_unusual_place_is_ignored_like_the_reference() {
+        let rules = compile_one("domain: d\ndescriptors:\n  - key: k\n    unit: second\n    rate_limit: {unit: second, requests_per_unit: 1}\n");
+        assert!(rules.is_ok(), "{rules:?}");
+    }
+
+    #[test]
+    fn metadata_is_free_form() {
+        let rules = compile_one("domain: d\ndescriptors:\n  - key: k\n    metadata: {anything: {goes: [1, 2]}}\n");
+        assert!(rules.is_ok(), "{rules:?}");
     }
 
     #[test]

@@ -102,7 +102,7 @@ fn check_config_accepts_the_example_rules() {
 #[test]
 fn check_config_rejects_each_invalid_case_naming_the_file() {
     let cases = [
-        ("unknown key", "domain: d\ndescriptors:\n  - key: k\n    ratelimit: {unit: second}\n", "unknown field `ratelimit`"),
+        ("unknown key", "domain: d\ndescriptors:\n  - key: k\n    ratelimit: {unit: second}\n", "config error, unknown key 'ratelimit'"),
         ("empty domain", "domain: \"\"\ndescriptors: []\n", "config file cannot have empty domain"),
         ("empty key", "domain: d\ndescriptors:\n  - value: v\n", "descriptor has empty key"),
         ("duplicate key", "domain: d\ndescriptors:\n  - key: k\n  - key: k\n", "duplicate descriptor composite key 'd.k'"),
@@ -113,6 +113,8 @@ fn check_config_rejects_each_invalid_case_naming_the_file() {
         ("replaces itself", "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {name: a, unit: second, requests_per_unit: 1, replaces: [{name: a}]}\n", "replaces should not contain name of same descriptor"),
         ("empty replaces", "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {name: a, unit: second, requests_per_unit: 1, replaces: [{name: \"\"}]}\n", "should not have an empty replaces entry"),
         ("share_threshold without wildcard", "domain: d\ndescriptors:\n  - key: k\n    value: v\n    share_threshold: true\n    rate_limit: {unit: second, requests_per_unit: 1}\n", "share_threshold can only be used with wildcard values"),
+        ("list of scalars", "domain: d\ndescriptors:\n  - a\n", "config error, yaml file contains list of type other than map: a"),
+        ("empty file", "", "config file cannot have empty domain"),
         ("yaml syntax", "domain: d\ndescriptors:\n  - key: [unclosed\n", "error loading config file"),
         ("wrong type", "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: lots}\n", "error loading config file"),
     ];
