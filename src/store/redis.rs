@@ -1,11 +1,1035 @@
-//! Placeholder: being written.
+//! The shared counter store: counters in Redis, so every replica counts against one limit.
+//!
+//! Accuracy: a request's updates are applied by one Lua script ([`APPLY_SCRIPT`]), so each
+//! counter's increment, cap check, refund floor and first expiry happen atomically and no
+//! increment is lost between replicas. Under Cluster a batch whose keys carry different hash
+//! tags is split into one script call per tag: each call is atomic, the batch as a whole is
+//! not (a failure can leave some groups applied). Windows expire by Redis' clock (`EXPIRE`
+//! set once, when the key is created), not by the replica's; a counter whose key outlives
+//! its window is harmless because the window start is part of the key. When Redis is slow
+//! or down, calls fail with [`StoreError`] within the deadline and the limiter decides
+//! (fail open or closed); nothing is queued or replayed, so counts during an outage are lost.
+//! A Sentinel failover can lose the last writes acknowledged by the old master (Redis
+//! replication is asynchronous); a Redis restart without persistence resets every counter.
+//!
+//! # URL forms
+//!
+//! - `redis://[user:pass@]host[:port][/db]`: one node (port 6379 by default).
+//! - `rediss://...`: the same over TLS (rustls, webpki roots).
+//! - `redis+sentinel://[user:pass@]host1[:port1],host2[:port2]/<master-name>[/db]`: the
+//!   master that Sentinel names (sentinel port 26379 by default); `rediss+sentinel://`
+//!   speaks TLS to the sentinels and the master. The credentials are the master's; the
+//!   sentinels' own are in [`RedisOptions`].
+//! - `redis+cluster://[user:pass@]host1[:port1],host2[:port2]`: Redis Cluster, seeded from
+//!   any of the listed nodes (database 0 only); `rediss+cluster://` over TLS.
+//!
+//! User and password may be percent-encoded (`p%40ss` for `p@ss`); `:pass@` alone gives a
+//! password without a user. IPv6 hosts go in brackets (`[::1]:6379`). A `#insecure`
+//! fragment on a TLS URL skips certificate verification (tests only).
+//!
+//! # Connections
+//!
+//! One multiplexed connection per node: concurrent requests share it, and their script
+//! calls are pipelined on it rather than waiting for each other, so there is no pool to
+//! size. Connecting never blocks startup for long: [`RedisStore::connect`] waits at most
+//! [`RedisOptions::connect_timeout`] for a first PING and returns the store either way.
+//! While Redis is unreachable calls fail fast (or at the deadline) and a background probe
+//! PINGs every second, which keeps reconnecting and keeps [`CounterStore::is_healthy`]
+//! current:
+//! - single node: redis' `ConnectionManager` reconnects on a dropped connection (one
+//!   attempt per call or probe, no backoff queue that callers would wait behind); after
+//!   three probe timeouts in a row (a black-holed socket never errors) it is replaced;
+//! - Sentinel: the master's connection is dropped on a connection error, a `READONLY`
+//!   reply (the old master after a failover) or a failed probe, and the next call asks
+//!   the sentinels for the master again;
+//! - Cluster: redis' cluster connection reconnects to nodes and refreshes slots itself.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, RwLock, Weak};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::cluster::{ClusterClientBuilder, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::{
+    AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo,
+    RedisConnectionInfo, RedisError, RedisResult, Script, ScriptInvocation, TlsMode,
+};
+
+use super::{CounterStore, CounterUpdate, StoreError, keys};
+
+/// Applies one request's counter updates atomically, in one round trip.
+///
+/// - `KEYS[i]`: the i-th counter (under Cluster, all keys of one call share a hash slot).
+/// - `ARGV[4i-3]`: hits, a non-negative integer; `0` only reads (no key created, expiry
+///   untouched).
+/// - `ARGV[4i-2]`: `1` to give the hits back (the counter never goes below zero), else `0`.
+/// - `ARGV[4i-1]`: seconds the counter lives, set only when this call creates the key.
+/// - `ARGV[4i]`: the cap: the counter is left unchanged when adding the hits would take
+///   it above this value; empty for no cap.
+///
+/// Returns each counter's value before its update, in `KEYS` order. Updates are applied
+/// in order, so a key listed twice sees its earlier update. Integer arithmetic is done by
+/// Redis (`INCRBY`/`DECRBY` with the arguments as given); only the cap and refund
+/// comparisons go through Lua numbers (exact below 2^53).
+pub const APPLY_SCRIPT: &str = r#"
+local out = {}
+for i, key in ipairs(KEYS) do
+  local a = (i - 1) * 4
+  local hits = ARGV[a + 1]
+  local n = tonumber(hits)
+  local raw = redis.call('GET', key)
+  local before = tonumber(raw or '0')
+  if n > 0 then
+    if ARGV[a + 2] == '1' then
+      if before > 0 then
+        if n >= before then
+          redis.call('DECRBY', key, raw)
+        else
+          redis.call('DECRBY', key, hits)
+        end
+      end
+    else
+      local cap = ARGV[a + 4]
+      if cap == '' or before + n <= tonumber(cap) then
+        redis.call('INCRBY', key, hits)
+        if not raw then
+          redis.call('EXPIRE', key, ARGV[a + 3])
+        end
+      end
+    end
+  end
+  out[i] = before
+end
+return out
+"#;
+
+/// [`APPLY_SCRIPT`], hashed once: calls go out as `EVALSHA`, and on `NOSCRIPT` (a fresh or
+/// restarted server) redis' `Script` loads it and retries.
+static APPLY: LazyLock<Script> = LazyLock::new(|| Script::new(APPLY_SCRIPT));
+
+/// How often the background probe PINGs Redis.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// Probe timeouts in a row after which a single-node connection is replaced.
+const PROBE_TIMEOUTS_BEFORE_REBUILD: u32 = 3;
+
+/// How to reach Redis and how long to wait for it.
 #[derive(Clone)]
-pub struct RedisStore;
-impl super::CounterStore for RedisStore {
-    async fn apply(&self, _u: &[super::CounterUpdate]) -> Result<Vec<u64>, super::StoreError> {
-        unimplemented!()
+pub struct RedisOptions {
+    /// Where Redis is; see the module doc for the forms.
+    pub url: String,
+    /// Bound on every call, from sending the script to reading its reply.
+    pub deadline: Duration,
+    /// Bound on one connection attempt, on the first contact at startup and on each probe.
+    pub connect_timeout: Duration,
+    /// Username for the sentinels themselves (Sentinel only).
+    pub sentinel_username: Option<String>,
+    /// Password for the sentinels themselves (Sentinel only).
+    pub sentinel_password: Option<String>,
+}
+
+impl RedisOptions {
+    /// Options for `url` with the given per-call deadline and a one-second connect timeout.
+    pub fn new(url: impl Into<String>, deadline: Duration) -> Self {
+        Self {
+            url: url.into(),
+            deadline,
+            connect_timeout: Duration::from_secs(1),
+            sentinel_username: None,
+            sentinel_password: None,
+        }
     }
+}
+
+impl fmt::Debug for RedisOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let url = match RedisTarget::parse(&self.url) {
+            Ok(target) => target.redacted(),
+            Err(_) => "<invalid>".to_owned(),
+        };
+        f.debug_struct("RedisOptions")
+            .field("url", &url)
+            .field("deadline", &self.deadline)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("sentinel_username", &self.sentinel_username)
+            .field(
+                "sentinel_password",
+                &self.sentinel_password.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+/// Why a Redis URL was rejected; the message names the problem.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid Redis URL: {0}")]
+pub struct InvalidRedisUrl(String);
+
+/// How the nodes in a Redis URL are arranged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Topology {
+    /// One node.
+    Node,
+    /// Sentinels watching the named master.
+    Sentinel {
+        /// The master's name as the sentinels know it.
+        master: String,
+    },
+    /// Redis Cluster seed nodes.
+    Cluster,
+}
+
+/// A parsed Redis URL.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisTarget {
+    /// Node, Sentinel or Cluster.
+    pub topology: Topology,
+    /// `(host, port)` of the node, the sentinels or the cluster seeds.
+    pub hosts: Vec<(String, u16)>,
+    /// Whether to speak TLS.
+    pub tls: bool,
+    /// Skip TLS certificate verification (`#insecure`).
+    pub insecure: bool,
+    /// ACL user.
+    pub username: Option<String>,
+    /// Password (`AUTH`).
+    pub password: Option<String>,
+    /// Database number.
+    pub db: i64,
+}
+
+impl fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl RedisTarget {
+    /// Parses one of the URL forms in the module doc.
+    pub fn parse(url: &str) -> Result<Self, InvalidRedisUrl> {
+        let bad = |msg: String| Err(InvalidRedisUrl(msg));
+        let url = url.trim();
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return bad(format!(
+                "`{}` has no scheme; expected redis://, rediss://, redis+sentinel://, \
+                 rediss+sentinel://, redis+cluster:// or rediss+cluster://",
+                redact_userinfo(url)
+            ));
+        };
+        let (tls, kind) = match scheme.to_ascii_lowercase().as_str() {
+            "redis" => (false, "node"),
+            "rediss" => (true, "node"),
+            "redis+sentinel" => (false, "sentinel"),
+            "rediss+sentinel" => (true, "sentinel"),
+            "redis+cluster" => (false, "cluster"),
+            "rediss+cluster" => (true, "cluster"),
+            other => {
+                return bad(format!(
+                    "unknown scheme `{other}`; expected redis, rediss, redis+sentinel, \
+                     rediss+sentinel, redis+cluster or rediss+cluster"
+                ));
+            }
+        };
+        let (rest, insecure) = match rest.split_once('#') {
+            None => (rest, false),
+            Some((rest, "insecure")) if tls => (rest, true),
+            Some((_, "insecure")) => {
+                return bad("`#insecure` only applies to TLS (rediss) URLs".to_owned());
+            }
+            Some((_, other)) => {
+                return bad(format!(
+                    "unknown fragment `#{other}`; only `#insecure` is known"
+                ));
+            }
+        };
+        if rest.contains('?') {
+            return bad("query parameters are not supported".to_owned());
+        }
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i + 1..]),
+            None => (rest, ""),
+        };
+        let (userinfo, hostlist) = match authority.rfind('@') {
+            Some(i) => (Some(&authority[..i]), &authority[i + 1..]),
+            None => (None, authority),
+        };
+        let (username, password) = match userinfo {
+            None => (None, None),
+            Some(info) => {
+                let (user, pass) = match info.split_once(':') {
+                    Some((user, pass)) => (user, Some(pass)),
+                    None => (info, None),
+                };
+                let user =
+                    percent_decode(user).map_err(|e| InvalidRedisUrl(format!("user: {e}")))?;
+                let pass = pass
+                    .map(percent_decode)
+                    .transpose()
+                    .map_err(|e| InvalidRedisUrl(format!("password: {e}")))?;
+                match (user.is_empty(), pass) {
+                    (_, None) => {
+                        // The name is not quoted: some write a bare password there.
+                        return bad(
+                            "credentials have no `:`; write `user:password@` or `:password@`"
+                                .to_owned(),
+                        );
+                    }
+                    (_, Some(pass)) if pass.is_empty() => {
+                        return bad("the password after `:` is empty".to_owned());
+                    }
+                    (true, Some(pass)) => (None, Some(pass)),
+                    (false, Some(pass)) => (Some(user), Some(pass)),
+                }
+            }
+        };
+        let default_port = if kind == "sentinel" { 26379 } else { 6379 };
+        if hostlist.is_empty() {
+            return bad("no host given".to_owned());
+        }
+        let hosts = hostlist
+            .split(',')
+            .map(|h| parse_host(h, default_port))
+            .collect::<Result<Vec<_>, _>>()?;
+        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let parse_db = |s: &str| -> Result<i64, InvalidRedisUrl> {
+            s.parse::<i64>()
+                .ok()
+                .filter(|db| *db >= 0)
+                .ok_or_else(|| InvalidRedisUrl(format!("database `{s}` is not a number >= 0")))
+        };
+        let (topology, db) = match kind {
+            "node" => {
+                if hosts.len() > 1 {
+                    return bad(format!(
+                        "{} hosts given to a single-node URL; use redis+cluster:// or \
+                         redis+sentinel:// for several hosts",
+                        hosts.len()
+                    ));
+                }
+                match segments.as_slice() {
+                    [] => (Topology::Node, 0),
+                    [db] => (Topology::Node, parse_db(db)?),
+                    _ => return bad(format!("path `/{path}` should be `/<db>`")),
+                }
+            }
+            "sentinel" => {
+                let (master, db) = match segments.as_slice() {
+                    [] => {
+                        return bad("sentinel URL names no master; write \
+                             redis+sentinel://host:port/<master-name>[/db]"
+                            .to_owned());
+                    }
+                    [master] => (*master, 0),
+                    [master, db] => (*master, parse_db(db)?),
+                    _ => {
+                        return bad(format!("path `/{path}` should be `/<master-name>[/<db>]`"));
+                    }
+                };
+                let master = percent_decode(master)
+                    .map_err(|e| InvalidRedisUrl(format!("master name: {e}")))?;
+                (Topology::Sentinel { master }, db)
+            }
+            _ => match segments.as_slice() {
+                [] => (Topology::Cluster, 0),
+                ["0"] => (Topology::Cluster, 0),
+                _ => {
+                    return bad(format!(
+                        "path `/{path}` on a cluster URL; Redis Cluster has only database 0"
+                    ));
+                }
+            },
+        };
+        Ok(Self {
+            topology,
+            hosts,
+            tls,
+            insecure,
+            username,
+            password,
+            db,
+        })
+    }
+
+    /// The URL with the password hidden, for logs.
+    pub fn redacted(&self) -> String {
+        let s = if self.tls { "s" } else { "" };
+        let scheme = match self.topology {
+            Topology::Node => format!("redis{s}"),
+            Topology::Sentinel { .. } => format!("redis{s}+sentinel"),
+            Topology::Cluster => format!("redis{s}+cluster"),
+        };
+        let auth = match (&self.username, &self.password) {
+            (Some(u), _) => format!("{u}:***@"),
+            (None, Some(_)) => ":***@".to_owned(),
+            _ => String::new(),
+        };
+        let hosts: Vec<String> = self
+            .hosts
+            .iter()
+            .map(|(h, p)| {
+                if h.contains(':') {
+                    format!("[{h}]:{p}")
+                } else {
+                    format!("{h}:{p}")
+                }
+            })
+            .collect();
+        let path = match &self.topology {
+            Topology::Node => format!("/{}", self.db),
+            Topology::Sentinel { master } => format!("/{master}/{}", self.db),
+            Topology::Cluster => String::new(),
+        };
+        let frag = if self.insecure { "#insecure" } else { "" };
+        format!("{scheme}://{auth}{}{path}{frag}", hosts.join(","))
+    }
+
+    fn addr(&self, host: &str, port: u16) -> ConnectionAddr {
+        if self.tls {
+            ConnectionAddr::TcpTls {
+                host: host.to_owned(),
+                port,
+                insecure: self.insecure,
+                tls_params: None,
+            }
+        } else {
+            ConnectionAddr::Tcp(host.to_owned(), port)
+        }
+    }
+
+    fn redis_settings(&self) -> RedisConnectionInfo {
+        let mut info = RedisConnectionInfo::default().set_db(self.db);
+        if let Some(user) = &self.username {
+            info = info.set_username(user);
+        }
+        if let Some(pass) = &self.password {
+            info = info.set_password(pass);
+        }
+        info
+    }
+
+    fn connection_info(&self, host: &str, port: u16) -> RedisResult<ConnectionInfo> {
+        Ok(self
+            .addr(host, port)
+            .into_connection_info()?
+            .set_redis_settings(self.redis_settings()))
+    }
+}
+
+/// Removes anything before an `@` so an unparseable URL can be quoted in an error.
+fn redact_userinfo(url: &str) -> String {
+    match url.rfind('@') {
+        Some(i) => format!("***@{}", &url[i + 1..]),
+        None => url.to_owned(),
+    }
+}
+
+fn parse_host(spec: &str, default_port: u16) -> Result<(String, u16), InvalidRedisUrl> {
+    let bad = |msg: String| Err(InvalidRedisUrl(msg));
+    let (host, port) = if let Some(v6) = spec.strip_prefix('[') {
+        let Some((host, after)) = v6.split_once(']') else {
+            return bad(format!("host `{spec}` opens `[` without closing it"));
+        };
+        match after {
+            "" => (host, None),
+            _ => match after.strip_prefix(':') {
+                Some(port) => (host, Some(port)),
+                None => {
+                    return bad(format!(
+                        "unexpected `{after}` after the IPv6 host `[{host}]`"
+                    ));
+                }
+            },
+        }
+    } else {
+        match spec.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (spec, None),
+        }
+    };
+    if host.is_empty() {
+        return bad(format!("empty host in `{spec}`"));
+    }
+    if host.contains(['/', '@', '?', '#', ' ', '[', ']']) {
+        return bad(format!(
+            "host `{host}` contains a character not allowed in a host name"
+        ));
+    }
+    let port = match port {
+        None => default_port,
+        Some(p) => match p.parse::<u16>() {
+            Ok(p) if p > 0 => p,
+            _ => {
+                return bad(format!(
+                    "port `{p}` of host `{host}` is not a number in 1..=65535"
+                ));
+            }
+        },
+    };
+    Ok((host.to_owned(), port))
+}
+
+fn percent_decode(s: &str) -> Result<String, String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| "`%` is not followed by two hex digits".to_owned())?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| "percent-encoding does not decode to UTF-8".to_owned())
+}
+
+/// Counters in Redis: single node, Sentinel or Cluster. Cloning shares the connections.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+    /// Stops the background probe when the last clone is dropped.
+    _probe: Arc<AbortOnDrop>,
+}
+
+struct Inner {
+    backend: Backend,
+    deadline: Duration,
+    connect_timeout: Duration,
+    healthy: AtomicBool,
+    target: RedisTarget,
+}
+
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+enum Backend {
+    Node(NodeLink),
+    Sentinel(SentinelLink),
+    Cluster(ClusterConnection),
+}
+
+/// A single node behind redis' reconnecting `ConnectionManager`.
+struct NodeLink {
+    client: Client,
+    config: ConnectionManagerConfig,
+    manager: RwLock<ConnectionManager>,
+    probe_timeouts: AtomicU32,
+}
+
+/// The master Sentinel names, re-resolved whenever its connection goes bad.
+struct SentinelLink {
+    sentinel: tokio::sync::Mutex<SentinelClient>,
+    config: AsyncConnectionConfig,
+    /// The current master connection and its generation (so a late error from an old
+    /// connection does not drop a newer one).
+    current: Mutex<Option<(u64, MultiplexedConnection)>>,
+    generation: AtomicU64,
+}
+
+impl RedisStore {
+    /// Connects with [`RedisOptions::new`]`(url, deadline)`.
+    ///
+    /// Fails only on a malformed URL; an unreachable Redis still yields a store that
+    /// reports unhealthy and reconnects in the background.
+    pub async fn connect(url: &str, deadline: Duration) -> Result<RedisStore, StoreError> {
+        Self::connect_with(RedisOptions::new(url, deadline)).await
+    }
+
+    /// Builds the store for `options`, waiting at most `connect_timeout` for a first PING.
+    ///
+    /// Fails only on a malformed URL or configuration ([`StoreError::Unavailable`] naming
+    /// the problem).
+    pub async fn connect_with(options: RedisOptions) -> Result<RedisStore, StoreError> {
+        let target =
+            RedisTarget::parse(&options.url).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let backend = build_backend(&target, &options)
+            .map_err(|e| StoreError::Unavailable(format!("invalid Redis configuration: {e}")))?;
+        let inner = Arc::new(Inner {
+            backend,
+            deadline: options.deadline,
+            connect_timeout: options.connect_timeout.max(options.deadline),
+            healthy: AtomicBool::new(false),
+            target,
+        });
+        inner.probe().await;
+        if !inner.healthy.load(Ordering::Relaxed) {
+            tracing::warn!(
+                redis = %inner.target.redacted(),
+                "Redis is not reachable yet; counter calls fail until it is"
+            );
+        }
+        let probe = tokio::spawn(run_probe(Arc::downgrade(&inner)));
+        Ok(RedisStore {
+            inner,
+            _probe: Arc::new(AbortOnDrop(probe.abort_handle())),
+        })
+    }
+
+    /// The target with its password hidden, for logs and the config dump.
+    pub fn describe(&self) -> String {
+        self.inner.target.redacted()
+    }
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("target", &self.inner.target)
+            .field("deadline", &self.inner.deadline)
+            .field("healthy", &self.inner.healthy.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl CounterStore for RedisStore {
+    async fn apply(&self, updates: &[CounterUpdate]) -> Result<Vec<u64>, StoreError> {
+        if updates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let inner = &self.inner;
+        let result = match tokio::time::timeout(inner.deadline, inner.backend.apply(updates)).await
+        {
+            Ok(Ok(values)) if values.len() == updates.len() => Ok(values),
+            Ok(Ok(values)) => Err(StoreError::Unavailable(format!(
+                "script returned {} values for {} counters",
+                values.len(),
+                updates.len()
+            ))),
+            Ok(Err(err)) => {
+                inner.backend.on_error(&err);
+                Err(StoreError::Unavailable(err.to_string()))
+            }
+            Err(_) => Err(StoreError::Timeout(inner.deadline)),
+        };
+        inner.healthy.store(result.is_ok(), Ordering::Relaxed);
+        result
+    }
+
     fn is_healthy(&self) -> bool {
-        false
+        self.inner.healthy.load(Ordering::Relaxed)
+    }
+}
+
+/// PINGs every second until the store is dropped.
+async fn run_probe(inner: Weak<Inner>) {
+    let mut tick = tokio::time::interval(PROBE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await; // the first tick is immediate; `connect_with` has just probed
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        inner.probe().await;
+    }
+}
+
+impl Inner {
+    /// One PING bounded by the connect timeout (which also lets a reconnection that takes
+    /// longer than a call's deadline complete).
+    async fn probe(&self) {
+        let ok = match tokio::time::timeout(self.connect_timeout, self.backend.ping()).await {
+            Ok(Ok(())) => {
+                self.backend.on_probe_ok();
+                true
+            }
+            // A connection's own response timeout counts as silence, like ours.
+            Ok(Err(err)) if !err.is_timeout() => {
+                tracing::debug!(redis = %self.target.redacted(), error = %err, "Redis probe failed");
+                self.backend.on_error(&err);
+                self.backend.on_probe_failed();
+                false
+            }
+            Ok(Err(_)) | Err(_) => {
+                tracing::debug!(redis = %self.target.redacted(), "Redis probe timed out");
+                self.backend.on_probe_timeout();
+                self.backend.on_probe_failed();
+                false
+            }
+        };
+        self.healthy.store(ok, Ordering::Relaxed);
+    }
+}
+
+fn build_backend(target: &RedisTarget, options: &RedisOptions) -> RedisResult<Backend> {
+    let connect_timeout = options.connect_timeout.max(options.deadline);
+    match &target.topology {
+        Topology::Node => {
+            let (host, port) = &target.hosts[0];
+            let client = Client::open(target.connection_info(host, *port)?)?;
+            // One connection attempt per call or probe: a caller never waits behind a
+            // backoff schedule, and the probe keeps retrying every second.
+            let config = ConnectionManagerConfig::new()
+                .set_number_of_retries(0)
+                .set_connection_timeout(Some(connect_timeout))
+                .set_response_timeout(Some(connect_timeout));
+            let manager = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
+            Ok(Backend::Node(NodeLink {
+                client,
+                config,
+                manager: RwLock::new(manager),
+                probe_timeouts: AtomicU32::new(0),
+            }))
+        }
+        Topology::Sentinel { master } => {
+            let sentinels = target.hosts.iter().map(|(h, p)| target.addr(h, *p));
+            let mut builder =
+                SentinelClientBuilder::new(sentinels, master, SentinelServerType::Master)?
+                    .set_client_to_redis_db(target.db);
+            if target.tls {
+                let mode = if target.insecure {
+                    TlsMode::Insecure
+                } else {
+                    TlsMode::Secure
+                };
+                builder = builder
+                    .set_client_to_redis_tls_mode(mode)
+                    .set_client_to_sentinel_tls_mode(mode);
+            }
+            if let Some(user) = &target.username {
+                builder = builder.set_client_to_redis_username(user);
+            }
+            if let Some(pass) = &target.password {
+                builder = builder.set_client_to_redis_password(pass);
+            }
+            if let Some(user) = &options.sentinel_username {
+                builder = builder.set_client_to_sentinel_username(user);
+            }
+            if let Some(pass) = &options.sentinel_password {
+                builder = builder.set_client_to_sentinel_password(pass);
+            }
+            let config = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(connect_timeout))
+                .set_response_timeout(Some(connect_timeout));
+            Ok(Backend::Sentinel(SentinelLink {
+                sentinel: tokio::sync::Mutex::new(builder.build()?),
+                config,
+                current: Mutex::new(None),
+                generation: AtomicU64::new(0),
+            }))
+        }
+        Topology::Cluster => {
+            let nodes = target
+                .hosts
+                .iter()
+                .map(|(h, p)| target.connection_info(h, *p))
+                .collect::<RedisResult<Vec<_>>>()?;
+            let client = ClusterClientBuilder::new(nodes)
+                .connection_timeout(connect_timeout)
+                .response_timeout(connect_timeout)
+                .build()?;
+            let config = ClusterConfig::new()
+                .set_connection_timeout(connect_timeout)
+                .set_response_timeout(connect_timeout);
+            // Pending: the nodes are contacted in the background, so a cluster that is
+            // down at startup does not stop the store from being built.
+            Ok(Backend::Cluster(
+                client.get_pending_async_connection_with_config(config),
+            ))
+        }
+    }
+}
+
+/// The script call for `updates`, keys and arguments laid out as [`APPLY_SCRIPT`] expects.
+fn invocation<'a>(
+    updates: impl IntoIterator<Item = &'a CounterUpdate>,
+) -> ScriptInvocation<'static> {
+    let mut call = APPLY.prepare_invoke();
+    for u in updates {
+        call.key(&u.key)
+            .arg(u.hits)
+            .arg(if u.refund { "1" } else { "0" })
+            .arg(u.ttl_secs.max(1));
+        match u.cap {
+            Some(cap) => call.arg(cap),
+            None => call.arg(""),
+        };
+    }
+    call
+}
+
+impl Backend {
+    async fn apply(&self, updates: &[CounterUpdate]) -> RedisResult<Vec<u64>> {
+        match self {
+            Backend::Node(node) => {
+                let mut conn = node.manager();
+                invocation(updates).invoke_async(&mut conn).await
+            }
+            Backend::Sentinel(link) => {
+                let (_, mut conn) = link.connection().await?;
+                invocation(updates).invoke_async(&mut conn).await
+            }
+            Backend::Cluster(conn) => apply_cluster(conn, updates).await,
+        }
+    }
+
+    async fn ping(&self) -> RedisResult<()> {
+        let ping = redis::cmd("PING");
+        match self {
+            Backend::Node(node) => ping.query_async(&mut node.manager()).await,
+            Backend::Sentinel(link) => {
+                let (_, mut conn) = link.connection().await?;
+                ping.query_async(&mut conn).await
+            }
+            Backend::Cluster(conn) => ping.query_async(&mut conn.clone()).await,
+        }
+    }
+
+    /// Reacts to an error from a call or a probe.
+    fn on_error(&self, err: &RedisError) {
+        if let Backend::Sentinel(link) = self
+            && (err.is_io_error() || err.is_unrecoverable_error() || err.code() == Some("READONLY"))
+        {
+            link.forget_all();
+        }
+    }
+
+    fn on_probe_ok(&self) {
+        if let Backend::Node(node) = self {
+            node.probe_timeouts.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn on_probe_failed(&self) {
+        if let Backend::Sentinel(link) = self {
+            // The master may have moved: ask the sentinels again on the next call.
+            link.forget_all();
+        }
+    }
+
+    fn on_probe_timeout(&self) {
+        if let Backend::Node(node) = self
+            && node.probe_timeouts.fetch_add(1, Ordering::Relaxed) + 1
+                >= PROBE_TIMEOUTS_BEFORE_REBUILD
+        {
+            node.rebuild();
+        }
+    }
+}
+
+impl NodeLink {
+    fn manager(&self) -> ConnectionManager {
+        self.manager
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces a connection that stopped answering without failing (the manager only
+    /// reconnects on errors, and a black-holed socket never raises one).
+    fn rebuild(&self) {
+        match ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone()) {
+            Ok(fresh) => {
+                tracing::warn!("Redis stopped answering; replacing its connection");
+                *self.manager.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+                self.probe_timeouts.store(0, Ordering::Relaxed);
+            }
+            Err(err) => tracing::warn!(error = %err, "could not rebuild the Redis connection"),
+        }
+    }
+}
+
+impl SentinelLink {
+    fn cached(&self) -> Option<(u64, MultiplexedConnection)> {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The master's connection, asking the sentinels for the master if there is none.
+    async fn connection(&self) -> RedisResult<(u64, MultiplexedConnection)> {
+        if let Some(current) = self.cached() {
+            return Ok(current);
+        }
+        // One resolution at a time; callers that queued behind it reuse its result.
+        let mut sentinel = self.sentinel.lock().await;
+        if let Some(current) = self.cached() {
+            return Ok(current);
+        }
+        let conn = sentinel
+            .get_async_connection_with_config(&self.config)
+            .await?;
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some((generation, conn.clone()));
+        Ok((generation, conn))
+    }
+
+    fn forget_all(&self) {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+    }
+}
+
+/// Runs one script call per hash tag, concurrently, and puts the values back in order.
+async fn apply_cluster(
+    conn: &ClusterConnection,
+    updates: &[CounterUpdate],
+) -> RedisResult<Vec<u64>> {
+    let mut order: Vec<Vec<usize>> = Vec::new();
+    let mut by_tag: HashMap<&str, usize> = HashMap::new();
+    for (i, u) in updates.iter().enumerate() {
+        let group = *by_tag.entry(keys::hash_tag(&u.key)).or_insert_with(|| {
+            order.push(Vec::new());
+            order.len() - 1
+        });
+        order[group].push(i);
+    }
+    if order.len() == 1 {
+        return invocation(updates).invoke_async(&mut conn.clone()).await;
+    }
+    let calls = order.iter().map(|indices| {
+        let call = invocation(indices.iter().map(|&i| &updates[i]));
+        let mut conn = conn.clone();
+        async move { call.invoke_async::<Vec<u64>>(&mut conn).await }
+    });
+    let results = futures::future::try_join_all(calls).await?;
+    let mut values = vec![0; updates.len()];
+    for (indices, group) in order.iter().zip(results) {
+        if group.len() != indices.len() {
+            return Err(RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "script returned the wrong number of values",
+            )));
+        }
+        for (&i, value) in indices.iter().zip(group) {
+            values[i] = value;
+        }
+    }
+    Ok(values)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(url: &str) -> RedisTarget {
+        RedisTarget::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"))
+    }
+
+    fn reject(url: &str) -> String {
+        match RedisTarget::parse(url) {
+            Ok(t) => panic!("{url} parsed as {t:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_plain_url_names_one_node_with_defaults() {
+        let t = parse("redis://localhost");
+        assert_eq!(t.topology, Topology::Node);
+        assert_eq!(t.hosts, vec![("localhost".to_owned(), 6379)]);
+        assert!(!t.tls);
+        assert_eq!((t.username, t.password, t.db), (None, None, 0));
+    }
+
+    #[test]
+    fn credentials_port_and_db_are_read_and_percent_decoded() {
+        let t = parse("rediss://alice:p%40ss%3Aw@10.0.0.1:6380/3");
+        assert!(t.tls);
+        assert_eq!(t.hosts, vec![("10.0.0.1".to_owned(), 6380)]);
+        assert_eq!(t.username.as_deref(), Some("alice"));
+        assert_eq!(t.password.as_deref(), Some("p@ss:w"));
+        assert_eq!(t.db, 3);
+    }
+
+    #[test]
+    fn a_password_alone_is_allowed() {
+        let t = parse("redis://:secret@h:1");
+        assert_eq!((t.username, t.password.as_deref()), (None, Some("secret")));
+    }
+
+    #[test]
+    fn sentinel_urls_name_sentinels_master_and_db() {
+        let t = parse("redis+sentinel://u:p@s1:5000,s2,[::1]:5002/mymaster/2");
+        assert_eq!(
+            t.topology,
+            Topology::Sentinel {
+                master: "mymaster".to_owned()
+            }
+        );
+        assert_eq!(
+            t.hosts,
+            vec![
+                ("s1".to_owned(), 5000),
+                ("s2".to_owned(), 26379),
+                ("::1".to_owned(), 5002)
+            ]
+        );
+        assert_eq!(t.db, 2);
+        assert!(parse("rediss+sentinel://s1/m").tls);
+    }
+
+    #[test]
+    fn cluster_urls_list_seed_nodes() {
+        let t = parse("rediss+cluster://:pw@n1:7000,n2:7001");
+        assert_eq!(t.topology, Topology::Cluster);
+        assert!(t.tls);
+        assert_eq!(t.hosts.len(), 2);
+    }
+
+    #[test]
+    fn insecure_fragment_only_applies_to_tls() {
+        assert!(parse("rediss://h#insecure").insecure);
+        assert!(reject("redis://h#insecure").contains("only applies to TLS"));
+    }
+
+    #[test]
+    fn malformed_urls_are_rejected_with_the_reason() {
+        assert!(reject("localhost:6379").contains("no scheme"));
+        assert!(reject("http://h").contains("unknown scheme `http`"));
+        assert!(reject("redis://h:notaport").contains("port `notaport`"));
+        assert!(reject("redis://h:0").contains("port `0`"));
+        assert!(reject("redis://h:6379/x").contains("database `x`"));
+        assert!(reject("redis://a,b").contains("single-node"));
+        assert!(reject("redis+sentinel://s1,s2").contains("names no master"));
+        assert!(reject("redis+cluster://n1/3").contains("only database 0"));
+        assert!(reject("redis://").contains("no host"));
+        assert!(reject("redis://hunter2@h").contains("have no `:`"));
+        assert!(reject("redis://h?timeout=1").contains("query parameters"));
+        assert!(reject("redis://[::1:6379").contains("without closing"));
+        assert!(reject("redis://:p%zz@h").contains("password"));
+    }
+
+    #[test]
+    fn redacted_urls_hide_the_password() {
+        let shown = parse("redis://alice:hunter2@h:1/0").redacted();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert_eq!(shown, "redis://alice:***@h:1/0");
+        let err = reject("hunter2@h");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn script_arguments_are_laid_out_four_per_key() {
+        let updates = [CounterUpdate {
+            key: "k".into(),
+            hits: 3,
+            refund: true,
+            ttl_secs: 0,
+            cap: Some(9),
+        }];
+        let call = invocation(&updates);
+        // The invocation hides its arguments; its Debug reports the counts.
+        let shown = format!("{call:?}");
+        assert!(
+            shown.contains("args: 4") && shown.contains("keys: 1"),
+            "{shown}"
+        );
     }
 }
