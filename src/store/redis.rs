@@ -40,7 +40,7 @@
 //!   attempt per call or probe, no backoff queue that callers would wait behind); after
 //!   three probe timeouts in a row (a black-holed socket never errors) it is replaced;
 //! - Sentinel: the master's connection is dropped on a connection error, a `READONLY`
-//!   reply (the old master after a failover) or a failed probe, and the next call asks
+//!   reply (the old master after a failover) or a probe timeout, and the next call asks
 //!   the sentinels for the master again;
 //! - Cluster: redis' cluster connection reconnects to nodes and refreshes slots itself.
 
@@ -610,10 +610,7 @@ impl CounterStore for RedisStore {
                 values.len(),
                 updates.len()
             ))),
-            Ok(Err(err)) => {
-                inner.backend.on_error(&err);
-                Err(StoreError::Unavailable(err.to_string()))
-            }
+            Ok(Err(err)) => Err(StoreError::Unavailable(err.to_string())),
             Err(_) => Err(StoreError::Timeout(inner.deadline)),
         };
         inner.healthy.store(result.is_ok(), Ordering::Relaxed);
@@ -649,14 +646,11 @@ impl Inner {
             // A connection's own response timeout counts as silence, like ours.
             Ok(Err(err)) if !err.is_timeout() => {
                 tracing::debug!(redis = %self.target.redacted(), error = %err, "Redis probe failed");
-                self.backend.on_error(&err);
-                self.backend.on_probe_failed();
                 false
             }
             Ok(Err(_)) | Err(_) => {
                 tracing::debug!(redis = %self.target.redacted(), "Redis probe timed out");
                 self.backend.on_probe_timeout();
-                self.backend.on_probe_failed();
                 false
             }
         };
@@ -769,8 +763,10 @@ impl Backend {
                 invocation(updates).invoke_async(&mut conn).await
             }
             Backend::Sentinel(link) => {
-                let (_, mut conn) = link.connection().await?;
-                invocation(updates).invoke_async(&mut conn).await
+                let (generation, mut conn) = link.connection().await?;
+                let result = invocation(updates).invoke_async(&mut conn).await;
+                link.check(generation, &result);
+                result
             }
             Backend::Cluster(conn) => apply_cluster(conn, updates).await,
         }
@@ -781,19 +777,12 @@ impl Backend {
         match self {
             Backend::Node(node) => ping.query_async(&mut node.manager()).await,
             Backend::Sentinel(link) => {
-                let (_, mut conn) = link.connection().await?;
-                ping.query_async(&mut conn).await
+                let (generation, mut conn) = link.connection().await?;
+                let result = ping.query_async(&mut conn).await;
+                link.check(generation, &result);
+                result
             }
             Backend::Cluster(conn) => ping.query_async(&mut conn.clone()).await,
-        }
-    }
-
-    /// Reacts to an error from a call or a probe.
-    fn on_error(&self, err: &RedisError) {
-        if let Backend::Sentinel(link) = self
-            && (err.is_io_error() || err.is_unrecoverable_error() || err.code() == Some("READONLY"))
-        {
-            link.forget_all();
         }
     }
 
@@ -803,19 +792,19 @@ impl Backend {
         }
     }
 
-    fn on_probe_failed(&self) {
-        if let Backend::Sentinel(link) = self {
-            // The master may have moved: ask the sentinels again on the next call.
-            link.forget_all();
-        }
-    }
-
+    /// The probe got no answer in time: the connection may be silently dead.
     fn on_probe_timeout(&self) {
-        if let Backend::Node(node) = self
-            && node.probe_timeouts.fetch_add(1, Ordering::Relaxed) + 1
-                >= PROBE_TIMEOUTS_BEFORE_REBUILD
-        {
-            node.rebuild();
+        match self {
+            Backend::Node(node) => {
+                if node.probe_timeouts.fetch_add(1, Ordering::Relaxed) + 1
+                    >= PROBE_TIMEOUTS_BEFORE_REBUILD
+                {
+                    node.rebuild();
+                }
+            }
+            // Cheap to redo, and the master may have moved: ask the sentinels again.
+            Backend::Sentinel(link) => link.forget_all(),
+            Backend::Cluster(_) => {}
         }
     }
 }
@@ -866,6 +855,18 @@ impl SentinelLink {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some((generation, conn.clone()));
         Ok((generation, conn))
+    }
+
+    /// Drops the connection of `generation` if `result` shows it is unusable: broken, or
+    /// talking to a master that has become a replica (`READONLY`).
+    fn check<T>(&self, generation: u64, result: &RedisResult<T>) {
+        let Err(err) = result else { return };
+        if err.is_io_error() || err.is_unrecoverable_error() || err.code() == Some("READONLY") {
+            let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+            if current.as_ref().is_some_and(|(g, _)| *g == generation) {
+                current.take();
+            }
+        }
     }
 
     fn forget_all(&self) {

@@ -1,0 +1,1208 @@
+//! One contract, two stores: every scenario below runs against the in-memory store (time
+//! moved by a `ManualClock`) and against Redis, so the two cannot drift.
+//!
+//! Redis is the one at `redis://127.0.0.1:6379` unless `TOLLGATE_TEST_REDIS_URL` says
+//! otherwise; it is shared, so each test works under its own key prefix (tests run in
+//! parallel) and nothing here flushes or stops it. Tests that need to stop Redis, or a
+//! Sentinel or Cluster, start private `redis-server` processes on free ports and kill
+//! only those.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use redis::aio::MultiplexedConnection;
+use tollgate::clock::ManualClock;
+use tollgate::store::keys::{counter_key, hash_tag};
+use tollgate::store::redis::RedisOptions;
+use tollgate::store::{CounterStore, CounterUpdate, MemoryStore, RedisStore, StoreError};
+
+/// Generous: the machine is shared with builds, and these tests are about behaviour.
+const DEADLINE: Duration = Duration::from_secs(5);
+
+/// Upper bound for every readiness loop (servers starting, keys expiring, reconnecting).
+const PATIENCE: Duration = Duration::from_secs(20);
+
+fn redis_url() -> String {
+    std::env::var("TOLLGATE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A key prefix no other test (or earlier run) uses.
+fn unique_prefix() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "tollgate-test:{}:{nanos:x}:{}:",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn add(key: &str, hits: u64, ttl_secs: u64) -> CounterUpdate {
+    CounterUpdate {
+        key: key.to_owned(),
+        hits,
+        refund: false,
+        ttl_secs,
+        cap: None,
+    }
+}
+
+fn add_capped(key: &str, hits: u64, cap: u64) -> CounterUpdate {
+    CounterUpdate {
+        cap: Some(cap),
+        ..add(key, hits, 60)
+    }
+}
+
+fn refund(key: &str, hits: u64) -> CounterUpdate {
+    CounterUpdate {
+        refund: true,
+        ..add(key, hits, 60)
+    }
+}
+
+fn read(key: &str) -> CounterUpdate {
+    add(key, 0, 60)
+}
+
+/// Polls `check` until it returns true, failing the test after [`PATIENCE`].
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < PATIENCE, "gave up waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The harness: one store plus what a scenario needs to know about time and keys.
+// ---------------------------------------------------------------------------------------
+
+enum Backing {
+    /// The memory store and the clock it reads.
+    Memory(MemoryStore, ManualClock),
+    /// A direct connection to the Redis the store uses, for looking behind its back.
+    Redis(MultiplexedConnection),
+}
+
+struct Harness<S> {
+    store: S,
+    prefix: String,
+    backing: Backing,
+}
+
+fn memory() -> Harness<MemoryStore> {
+    let clock = ManualClock::at_secs(1_700_000_000);
+    let store = MemoryStore::new(Arc::new(clock.clone()));
+    Harness {
+        store: store.clone(),
+        prefix: unique_prefix(),
+        backing: Backing::Memory(store, clock),
+    }
+}
+
+async fn redis() -> Harness<RedisStore> {
+    let url = redis_url();
+    let store = RedisStore::connect(&url, DEADLINE)
+        .await
+        .expect("valid test URL");
+    assert!(
+        store.is_healthy(),
+        "no Redis at {url}: start one or point TOLLGATE_TEST_REDIS_URL at one"
+    );
+    Harness {
+        store,
+        prefix: unique_prefix(),
+        backing: Backing::Redis(direct(&url).await),
+    }
+}
+
+async fn direct(url: &str) -> MultiplexedConnection {
+    redis::Client::open(url)
+        .expect("valid test URL")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("direct connection to the test Redis")
+}
+
+impl<S: CounterStore + Clone> Harness<S> {
+    /// A counter key under this test's prefix, built the way the limiter builds them.
+    fn key(&self, name: &str) -> String {
+        counter_key(
+            &self.prefix,
+            "contract",
+            [("name", name), ("model", "m1")],
+            0,
+        )
+    }
+
+    async fn apply(&self, updates: &[CounterUpdate]) -> Vec<u64> {
+        self.store.apply(updates).await.expect("store call")
+    }
+
+    async fn one(&self, update: CounterUpdate) -> u64 {
+        let values = self.apply(std::slice::from_ref(&update)).await;
+        assert_eq!(values.len(), 1);
+        values[0]
+    }
+
+    async fn value(&self, key: &str) -> u64 {
+        self.one(read(key)).await
+    }
+
+    /// How many counters this test holds (the store is fresh, or the prefix unique).
+    async fn counters_held(&mut self) -> usize {
+        match &mut self.backing {
+            Backing::Memory(store, _) => store.len(),
+            Backing::Redis(conn) => {
+                let pattern = format!("{}*", self.prefix);
+                let mut cursor = 0u64;
+                let mut held = 0;
+                loop {
+                    let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query_async(conn)
+                        .await
+                        .expect("SCAN");
+                    held += keys.len();
+                    if next == 0 {
+                        return held;
+                    }
+                    cursor = next;
+                }
+            }
+        }
+    }
+
+    /// Lets a counter created with `ttl_secs` live out its life, and waits until it is gone.
+    async fn outlive(&self, key: &str, ttl_secs: u64) {
+        match &self.backing {
+            Backing::Memory(store, clock) => {
+                clock.advance(Duration::from_secs(ttl_secs));
+                store.sweep();
+                assert_eq!(self.value(key).await, 0, "expired counter still counted");
+            }
+            Backing::Redis(_) => {
+                eventually(&format!("{key} to expire"), || async move {
+                    self.value(key).await == 0
+                })
+                .await;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The contract.
+// ---------------------------------------------------------------------------------------
+
+macro_rules! contract {
+    ($($scenario:ident),* $(,)?) => {
+        mod on_memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario(super::memory()).await;
+                }
+            )*
+        }
+        mod on_redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario(super::redis().await).await;
+                }
+            )*
+        }
+    };
+}
+
+contract!(
+    a_counter_counts_from_zero,
+    several_hits_are_added_at_once,
+    a_check_only_read_creates_no_counter,
+    a_refund_never_takes_a_counter_below_zero,
+    a_cap_leaves_the_counter_unchanged_and_reports_the_value_before,
+    a_batch_returns_each_value_before_its_update_in_order,
+    counters_do_not_interfere,
+    a_counter_expires_after_its_ttl_and_starts_again_from_zero,
+    concurrent_increments_are_never_lost_and_the_cap_holds_exactly,
+);
+
+async fn a_counter_counts_from_zero<S: CounterStore + Clone>(h: Harness<S>) {
+    let key = h.key("a");
+    assert_eq!(h.one(add(&key, 1, 60)).await, 0);
+    assert_eq!(h.one(add(&key, 1, 60)).await, 1);
+    assert_eq!(h.one(add(&key, 1, 60)).await, 2);
+    assert_eq!(h.value(&key).await, 3);
+}
+
+async fn several_hits_are_added_at_once<S: CounterStore + Clone>(h: Harness<S>) {
+    let key = h.key("tokens");
+    assert_eq!(h.one(add(&key, 500, 60)).await, 0);
+    assert_eq!(h.one(add(&key, 250, 60)).await, 500);
+    assert_eq!(h.value(&key).await, 750);
+}
+
+async fn a_check_only_read_creates_no_counter<S: CounterStore + Clone>(mut h: Harness<S>) {
+    let key = h.key("never-hit");
+    assert_eq!(h.value(&key).await, 0);
+    assert_eq!(h.value(&key).await, 0);
+    assert_eq!(h.counters_held().await, 0, "a read created a counter");
+
+    let existing = h.key("hit");
+    h.one(add(&existing, 4, 60)).await;
+    assert_eq!(h.value(&existing).await, 4);
+    assert_eq!(h.value(&existing).await, 4, "a read changed the counter");
+    assert_eq!(h.counters_held().await, 1);
+}
+
+async fn a_refund_never_takes_a_counter_below_zero<S: CounterStore + Clone>(h: Harness<S>) {
+    let key = h.key("refunded");
+    h.one(add(&key, 3, 60)).await;
+    assert_eq!(h.one(refund(&key, 2)).await, 3);
+    assert_eq!(h.value(&key).await, 1);
+    assert_eq!(h.one(refund(&key, 5)).await, 1);
+    assert_eq!(h.value(&key).await, 0);
+    assert_eq!(h.one(refund(&key, 5)).await, 0);
+    assert_eq!(h.value(&key).await, 0);
+
+    let missing = h.key("refunded-before-use");
+    assert_eq!(h.one(refund(&missing, 7)).await, 0);
+    assert_eq!(h.value(&missing).await, 0);
+    assert_eq!(
+        h.one(add(&missing, 2, 60)).await,
+        0,
+        "a refund left a debt behind"
+    );
+}
+
+async fn a_cap_leaves_the_counter_unchanged_and_reports_the_value_before<
+    S: CounterStore + Clone,
+>(
+    h: Harness<S>,
+) {
+    let key = h.key("capped");
+    assert_eq!(h.one(add_capped(&key, 8, 10)).await, 0);
+    // 8 + 3 > 10: refused, unchanged, and the caller learns the value it was refused at.
+    assert_eq!(h.one(add_capped(&key, 3, 10)).await, 8);
+    assert_eq!(h.value(&key).await, 8);
+    // Exactly reaching the cap is allowed.
+    assert_eq!(h.one(add_capped(&key, 2, 10)).await, 8);
+    assert_eq!(h.value(&key).await, 10);
+    assert_eq!(h.one(add_capped(&key, 1, 10)).await, 10);
+    assert_eq!(h.value(&key).await, 10);
+    // Without a cap the same counter keeps counting past it.
+    assert_eq!(h.one(add(&key, 1, 60)).await, 10);
+    assert_eq!(h.value(&key).await, 11);
+
+    let fresh = h.key("over-cap-at-once");
+    assert_eq!(h.one(add_capped(&fresh, 11, 10)).await, 0);
+    assert_eq!(h.value(&fresh).await, 0);
+}
+
+async fn a_batch_returns_each_value_before_its_update_in_order<S: CounterStore + Clone>(
+    h: Harness<S>,
+) {
+    let (a, b, c, d) = (h.key("a"), h.key("b"), h.key("c"), h.key("d"));
+    h.one(add(&a, 1, 60)).await;
+    h.one(add(&b, 2, 60)).await;
+    h.one(add(&c, 3, 60)).await;
+
+    let values = h
+        .apply(&[
+            add(&a, 1, 60),
+            read(&b),
+            add_capped(&c, 5, 4),
+            add(&d, 1, 60),
+            refund(&b, 1),
+        ])
+        .await;
+    assert_eq!(values, vec![1, 2, 3, 0, 2]);
+    let after = h.apply(&[read(&a), read(&b), read(&c), read(&d)]).await;
+    assert_eq!(after, vec![2, 1, 3, 1]);
+
+    // A key listed twice sees its own earlier update.
+    assert_eq!(h.apply(&[add(&a, 1, 60), add(&a, 1, 60)]).await, vec![2, 3]);
+    assert_eq!(h.apply(&[]).await, Vec::<u64>::new());
+}
+
+async fn counters_do_not_interfere<S: CounterStore + Clone>(h: Harness<S>) {
+    let a = h.key("a");
+    let b = h.key("b");
+    let a_next_window = counter_key(&h.prefix, "contract", [("name", "a"), ("model", "m1")], 60);
+    let a_other_prefix = counter_key(
+        &unique_prefix(),
+        "contract",
+        [("name", "a"), ("model", "m1")],
+        0,
+    );
+    for _ in 0..3 {
+        h.one(add(&a, 1, 60)).await;
+    }
+    h.one(add(&b, 1, 60)).await;
+    assert_eq!(h.value(&a).await, 3);
+    assert_eq!(h.value(&b).await, 1);
+    assert_eq!(h.value(&a_next_window).await, 0);
+    assert_eq!(h.value(&a_other_prefix).await, 0);
+    h.one(refund(&b, 1)).await;
+    assert_eq!(h.value(&a).await, 3);
+}
+
+async fn a_counter_expires_after_its_ttl_and_starts_again_from_zero<S: CounterStore + Clone>(
+    h: Harness<S>,
+) {
+    let key = h.key("short-lived");
+    h.one(add(&key, 3, 1)).await;
+    assert_eq!(h.value(&key).await, 3);
+    h.outlive(&key, 1).await;
+
+    // A new life with a new expiry.
+    assert_eq!(h.one(add(&key, 2, 1)).await, 0);
+    assert_eq!(h.value(&key).await, 2);
+    h.outlive(&key, 1).await;
+}
+
+async fn concurrent_increments_are_never_lost_and_the_cap_holds_exactly<S: CounterStore + Clone>(
+    h: Harness<S>,
+) {
+    const TASKS: u64 = 64;
+    const EACH: u64 = 20;
+    const CAP: u64 = 500;
+    let capped = h.key("contended-capped");
+    let open = h.key("contended-open");
+
+    let mut tasks = Vec::new();
+    for _ in 0..TASKS {
+        let store = h.store.clone();
+        let (capped, open) = (capped.clone(), open.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut admitted = 0u64;
+            let mut befores = Vec::new();
+            for _ in 0..EACH {
+                let values = store
+                    .apply(&[add_capped(&capped, 1, CAP), add(&open, 1, 60)])
+                    .await
+                    .expect("store call");
+                if values[0] < CAP {
+                    admitted += 1;
+                }
+                befores.push(values[1]);
+            }
+            (admitted, befores)
+        }));
+    }
+    let mut admitted = 0;
+    let mut befores = Vec::new();
+    for task in tasks {
+        let (a, b) = task.await.expect("task");
+        admitted += a;
+        befores.extend(b);
+    }
+    assert_eq!(admitted, CAP, "increments admitted under the cap");
+    assert_eq!(h.value(&capped).await, CAP);
+    assert_eq!(h.value(&open).await, TASKS * EACH);
+    // Every increment saw a distinct value before it: none was lost or doubled.
+    befores.sort_unstable();
+    assert_eq!(befores, (0..TASKS * EACH).collect::<Vec<_>>());
+}
+
+// ---------------------------------------------------------------------------------------
+// Expiry details the memory store shows through its clock.
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn memory_check_only_read_does_not_extend_a_counters_life() {
+    let h = memory();
+    let Backing::Memory(_, clock) = &h.backing else {
+        unreachable!()
+    };
+    let key = h.key("read-late");
+    h.one(add(&key, 1, 10)).await;
+    clock.advance(Duration::from_secs(9));
+    assert_eq!(h.value(&key).await, 1);
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(h.value(&key).await, 0, "the read kept the counter alive");
+}
+
+#[tokio::test]
+async fn memory_ttl_is_set_only_when_the_counter_is_new() {
+    let h = memory();
+    let Backing::Memory(_, clock) = &h.backing else {
+        unreachable!()
+    };
+    let key = h.key("ttl");
+    h.one(add(&key, 1, 10)).await;
+    clock.advance(Duration::from_secs(5));
+    h.one(add(&key, 1, 100)).await;
+    h.one(refund(&key, 1)).await;
+    clock.advance(Duration::from_secs(5));
+    assert_eq!(
+        h.value(&key).await,
+        0,
+        "a later update extended the counter's life"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Redis only: what the script does to keys, and how the store copes with Redis going away.
+// ---------------------------------------------------------------------------------------
+
+async fn ttl_of(conn: &mut MultiplexedConnection, key: &str) -> i64 {
+    redis::cmd("TTL")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .expect("TTL")
+}
+
+async fn exists(conn: &mut MultiplexedConnection, key: &str) -> bool {
+    redis::cmd("EXISTS")
+        .arg(key)
+        .query_async::<i64>(conn)
+        .await
+        .expect("EXISTS")
+        == 1
+}
+
+#[tokio::test]
+async fn redis_check_only_read_creates_no_key_and_leaves_the_ttl_alone() {
+    let h = redis().await;
+    let mut conn = direct(&redis_url()).await;
+    let missing = h.key("missing");
+    assert_eq!(h.value(&missing).await, 0);
+    assert!(!exists(&mut conn, &missing).await, "a read created the key");
+
+    let key = h.key("counted");
+    h.one(add(&key, 1, 100)).await;
+    let _: () = redis::cmd("EXPIRE")
+        .arg(&key)
+        .arg(40)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(h.value(&key).await, 1);
+    let ttl = ttl_of(&mut conn, &key).await;
+    assert!((1..=40).contains(&ttl), "a read refreshed the TTL to {ttl}");
+}
+
+#[tokio::test]
+async fn redis_ttl_is_set_only_when_the_key_is_new() {
+    let h = redis().await;
+    let mut conn = direct(&redis_url()).await;
+    let key = h.key("ttl");
+    h.one(add(&key, 1, 100)).await;
+    let ttl = ttl_of(&mut conn, &key).await;
+    assert!(
+        (90..=100).contains(&ttl),
+        "new key got TTL {ttl}, wanted 100"
+    );
+
+    let _: () = redis::cmd("EXPIRE")
+        .arg(&key)
+        .arg(40)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    h.one(add(&key, 1, 1000)).await;
+    h.one(add_capped(&key, 1, 1000)).await;
+    h.one(add_capped(&key, 1000, 5)).await;
+    h.one(refund(&key, 1)).await;
+    let ttl = ttl_of(&mut conn, &key).await;
+    assert!(
+        (1..=40).contains(&ttl),
+        "a later update moved the TTL to {ttl}"
+    );
+    assert_eq!(h.value(&key).await, 2);
+}
+
+#[tokio::test]
+async fn redis_refund_and_refused_increment_create_no_key() {
+    let h = redis().await;
+    let mut conn = direct(&redis_url()).await;
+    let refunded = h.key("refund-first");
+    let refused = h.key("refused-first");
+    assert_eq!(
+        h.apply(&[refund(&refunded, 3), add_capped(&refused, 9, 5)])
+            .await,
+        vec![0, 0]
+    );
+    assert!(!exists(&mut conn, &refunded).await);
+    assert!(!exists(&mut conn, &refused).await);
+}
+
+#[tokio::test]
+async fn redis_batch_spanning_two_hash_tags_applies_both() {
+    let h = redis().await;
+    let mut conn = direct(&redis_url()).await;
+    let acme = counter_key(&h.prefix, "d", [("tenant", "acme"), ("model", "m")], 0);
+    let other = counter_key(&h.prefix, "d", [("tenant", "other"), ("model", "m")], 0);
+    assert_ne!(hash_tag(&acme), hash_tag(&other));
+    assert_eq!(
+        h.apply(&[add(&acme, 2, 60), add(&other, 5, 60)]).await,
+        vec![0, 0]
+    );
+    let values: Vec<Option<u64>> = redis::cmd("MGET")
+        .arg(&acme)
+        .arg(&other)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(values, vec![Some(2), Some(5)]);
+}
+
+#[tokio::test]
+async fn redis_malformed_urls_are_rejected_naming_the_problem() {
+    for (url, problem) in [
+        ("127.0.0.1:6379", "no scheme"),
+        ("http://127.0.0.1:6379", "unknown scheme `http`"),
+        ("redis://127.0.0.1:port", "port `port`"),
+        ("redis://127.0.0.1:6379/zero", "database `zero`"),
+        ("redis://a:1,b:2", "single-node"),
+        ("redis+sentinel://127.0.0.1:26379", "names no master"),
+        ("redis+cluster://127.0.0.1:7000/2", "only database 0"),
+    ] {
+        match RedisStore::connect(url, DEADLINE).await {
+            Ok(_) => panic!("{url} was accepted"),
+            Err(StoreError::Unavailable(msg)) => {
+                assert!(
+                    msg.contains(problem),
+                    "{url}: `{msg}` does not mention `{problem}`"
+                );
+                assert!(msg.contains("invalid Redis URL"), "{msg}");
+            }
+            Err(other) => panic!("{url}: unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn redis_store_with_nothing_listening_constructs_then_fails_calls_and_reports_unhealthy() {
+    let port = free_port();
+    let store = RedisStore::connect(&format!("redis://127.0.0.1:{port}"), Duration::from_secs(2))
+        .await
+        .expect("an unreachable Redis still gives a store");
+    assert!(!store.is_healthy());
+    let result = store.apply(&[add("tollgate-test:nowhere", 1, 60)]).await;
+    assert!(
+        result.is_err(),
+        "a call succeeded with no Redis: {result:?}"
+    );
+    assert!(!store.is_healthy());
+}
+
+#[tokio::test]
+async fn redis_store_built_while_redis_is_down_starts_working_once_it_is_up() {
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let store = RedisStore::connect(&url, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert!(store.apply(&[add("k", 1, 60)]).await.is_err());
+
+    let dir = tempfile::tempdir().unwrap();
+    let _redis = PrivateRedis::start_on(port, dir.path(), &[]).await;
+    let store = &store;
+    eventually("the store to reach the new Redis", || async move {
+        store.apply(&[add("k", 1, 60)]).await.is_ok()
+    })
+    .await;
+    assert!(store.is_healthy());
+}
+
+#[tokio::test]
+async fn redis_store_reconnects_after_redis_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = PrivateRedis::start(dir.path(), &[]).await;
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let store = RedisStore::connect(&url, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert!(store.is_healthy());
+    assert_eq!(store.apply(&[add("k", 1, 60)]).await.unwrap(), vec![0]);
+
+    redis.kill();
+    let store = &store;
+    eventually("calls to fail while Redis is down", || async move {
+        store.apply(&[add("k", 1, 60)]).await.is_err()
+    })
+    .await;
+    assert!(store.apply(&[add("k", 1, 60)]).await.is_err());
+    assert!(!store.is_healthy());
+
+    let _again = PrivateRedis::start_on(redis.port, dir.path(), &[]).await;
+    eventually("the store to reconnect", || async move {
+        store.apply(&[add("k", 1, 60)]).await.is_ok()
+    })
+    .await;
+    assert!(store.is_healthy());
+}
+
+#[tokio::test]
+async fn redis_store_probe_notices_an_outage_without_traffic() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = PrivateRedis::start(dir.path(), &[]).await;
+    let store = RedisStore::connect(&format!("redis://127.0.0.1:{}", redis.port), DEADLINE)
+        .await
+        .unwrap();
+    assert!(store.is_healthy());
+    redis.kill();
+    let store = &store;
+    eventually("the probe to report Redis down", || async move {
+        !store.is_healthy()
+    })
+    .await;
+    let _again = PrivateRedis::start_on(redis.port, dir.path(), &[]).await;
+    eventually("the probe to report Redis back", || async move {
+        store.is_healthy()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_replaces_a_connection_that_stopped_answering() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = PrivateRedis::start(dir.path(), &[]).await;
+    let proxy = FreezingProxy::start(redis.port).await;
+    let mut options = RedisOptions::new(
+        format!("redis://127.0.0.1:{}", proxy.port),
+        Duration::from_millis(300),
+    );
+    options.connect_timeout = Duration::from_millis(500);
+    let store = RedisStore::connect_with(options).await.unwrap();
+    assert!(store.is_healthy());
+    assert_eq!(store.apply(&[add("k", 1, 60)]).await.unwrap(), vec![0]);
+
+    // The socket stays open but nothing comes back: no error ever tells the connection
+    // it is dead, so only the probe can notice.
+    proxy.freeze_open_connections();
+    match store.apply(&[add("k", 1, 60)]).await {
+        Err(StoreError::Timeout(_)) => {}
+        other => panic!("expected a timeout from a silent Redis, got {other:?}"),
+    }
+    assert!(!store.is_healthy());
+    let store = &store;
+    eventually(
+        "the store to replace the silent connection",
+        || async move { store.apply(&[read("k")]).await.is_ok() },
+    )
+    .await;
+    assert!(store.is_healthy());
+}
+
+#[tokio::test]
+async fn redis_dropping_the_store_closes_its_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = PrivateRedis::start(dir.path(), &[]).await;
+    let store = RedisStore::connect(&redis.url(), DEADLINE).await.unwrap();
+    let copy = store.clone();
+    store.apply(&[add("k", 1, 60)]).await.unwrap();
+    let watcher = &direct(&redis.url()).await;
+    let clients = || async move {
+        let info: String = redis::cmd("INFO")
+            .arg("clients")
+            .query_async(&mut watcher.clone())
+            .await
+            .unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("connected_clients:"))
+            .and_then(|n| n.trim().parse::<u32>().ok())
+            .unwrap()
+    };
+    assert_eq!(clients().await, 2, "the store and the watcher");
+    drop(store);
+    // A clone keeps it alive.
+    assert_eq!(copy.apply(&[read("k")]).await.unwrap(), vec![1]);
+    drop(copy);
+    eventually("the store's connection to close", || async move {
+        clients().await == 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn redis_sentinel_store_follows_the_master_through_a_failover() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = PrivateRedis::start(dir.path(), &[]).await;
+    let replica_dir = tempfile::tempdir().unwrap();
+    let replica_of = format!("127.0.0.1 {}", master.port);
+    let replica = PrivateRedis::start(replica_dir.path(), &["--replicaof", &replica_of]).await;
+    let sentinel = PrivateSentinel::start(master.port).await;
+
+    let url = format!("redis+sentinel://127.0.0.1:{}/tgmaster", sentinel.port);
+    let store = RedisStore::connect(&url, DEADLINE).await.unwrap();
+    assert!(store.is_healthy(), "{store:?}");
+    let key = format!("{}k", unique_prefix());
+    assert_eq!(store.apply(&[add(&key, 1, 60)]).await.unwrap(), vec![0]);
+    let mut on_master = direct(&master.url()).await;
+    let got: Option<u64> = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut on_master)
+        .await
+        .unwrap();
+    assert_eq!(
+        got,
+        Some(1),
+        "the write did not land on the master Sentinel names"
+    );
+
+    // Promote the replica. Once the old master has been turned into a replica it refuses
+    // writes, so a write that succeeds afterwards went to the new master.
+    let on_sentinel = &direct(&sentinel.url()).await;
+    eventually("the sentinel to accept a failover", || async move {
+        redis::cmd("SENTINEL")
+            .arg("FAILOVER")
+            .arg("tgmaster")
+            .query_async::<()>(&mut on_sentinel.clone())
+            .await
+            .is_ok()
+    })
+    .await;
+    let (old, new) = (&master.url(), &replica.url());
+    let replica_port = replica.port;
+    eventually("the failover to complete", || async move {
+        let named: Option<(String, u16)> = redis::cmd("SENTINEL")
+            .arg("GET-MASTER-ADDR-BY-NAME")
+            .arg("tgmaster")
+            .query_async(&mut on_sentinel.clone())
+            .await
+            .ok()
+            .flatten();
+        named.is_some_and(|(_, port)| port == replica_port)
+            && role(old).await.as_deref() == Some("slave")
+            && role(new).await.as_deref() == Some("master")
+    })
+    .await;
+
+    let marker = &format!("{}after-failover", unique_prefix());
+    let store = &store;
+    eventually("a write to succeed after the failover", || async move {
+        store.apply(&[add(marker, 1, 60)]).await.is_ok()
+    })
+    .await;
+    let mut on_new_master = direct(new).await;
+    let got: Option<u64> = redis::cmd("GET")
+        .arg(marker)
+        .query_async(&mut on_new_master)
+        .await
+        .unwrap();
+    assert_eq!(
+        got,
+        Some(1),
+        "the write after the failover did not reach the new master"
+    );
+}
+
+/// `master` or `slave`, from `INFO replication`.
+async fn role(url: &str) -> Option<String> {
+    let mut conn = redis::Client::open(url)
+        .ok()?
+        .get_multiplexed_async_connection()
+        .await
+        .ok()?;
+    let info: String = redis::cmd("INFO")
+        .arg("replication")
+        .query_async(&mut conn)
+        .await
+        .ok()?;
+    info.lines()
+        .find_map(|line| line.strip_prefix("role:"))
+        .map(|role| role.trim().to_owned())
+}
+
+#[tokio::test]
+async fn redis_cluster_batch_spanning_two_slots_applies_both_groups_in_order() {
+    let cluster = PrivateCluster::start().await;
+    let url = format!(
+        "redis+cluster://{}",
+        cluster
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let store = RedisStore::connect(&url, DEADLINE).await.unwrap();
+    let store = &store;
+    eventually("the cluster store to answer", || async move {
+        store.apply(&[read("{warmup}")]).await.is_ok()
+    })
+    .await;
+
+    let prefix = unique_prefix();
+    let acme = counter_key(&prefix, "d", [("tenant", "acme"), ("model", "m")], 0);
+    let acme_other_model = counter_key(&prefix, "d", [("tenant", "acme"), ("model", "n")], 0);
+    let other = counter_key(&prefix, "d", [("tenant", "other"), ("model", "m")], 0);
+    let node = direct(&format!("redis://127.0.0.1:{}", cluster.ports[0])).await;
+    let slot = |key: String| {
+        let mut node = node.clone();
+        async move {
+            redis::cmd("CLUSTER")
+                .arg("KEYSLOT")
+                .arg(key)
+                .query_async::<u16>(&mut node)
+                .await
+                .unwrap()
+        }
+    };
+    assert_ne!(slot(acme.clone()).await, slot(other.clone()).await);
+    assert_eq!(
+        slot(acme.clone()).await,
+        slot(acme_other_model.clone()).await
+    );
+
+    let batch = [
+        add(&acme, 1, 60),
+        add(&other, 10, 60),
+        add(&acme_other_model, 100, 60),
+        read(&other),
+    ];
+    assert_eq!(store.apply(&batch).await.unwrap(), vec![0, 0, 0, 10]);
+    assert_eq!(store.apply(&batch).await.unwrap(), vec![1, 10, 100, 20]);
+
+    let client =
+        redis::cluster::ClusterClient::new(vec![format!("redis://127.0.0.1:{}", cluster.ports[0])])
+            .unwrap();
+    let mut conn = client.get_async_connection().await.unwrap();
+    for (key, want) in [(&acme, 2), (&other, 20), (&acme_other_model, 200)] {
+        let got: Option<u64> = redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(got, Some(want), "{key}");
+    }
+    assert!(store.is_healthy());
+}
+
+// ---------------------------------------------------------------------------------------
+// Private Redis servers: started on free ports, killed when dropped.
+// ---------------------------------------------------------------------------------------
+
+/// A port nothing listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A free port whose cluster bus port (+10000) is free too.
+fn free_cluster_port() -> u16 {
+    loop {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let port = 20_000 + (nanos % 20_000) as u16;
+        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && free(port + 10_000) {
+            return port;
+        }
+    }
+}
+
+async fn answers_ping(url: &str) -> bool {
+    let Ok(client) = redis::Client::open(url) else {
+        return false;
+    };
+    let Ok(Ok(mut conn)) = tokio::time::timeout(
+        Duration::from_secs(1),
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    else {
+        return false;
+    };
+    redis::cmd("PING")
+        .query_async::<String>(&mut conn)
+        .await
+        .is_ok()
+}
+
+struct PrivateRedis {
+    child: Option<Child>,
+    port: u16,
+}
+
+impl PrivateRedis {
+    /// Starts `redis-server` on a free port with no persistence.
+    async fn start(dir: &Path, extra: &[&str]) -> Self {
+        for _ in 0..5 {
+            let port = free_port();
+            if let Some(redis) = Self::try_start(port, dir, extra).await {
+                return redis;
+            }
+        }
+        panic!("could not start a private redis-server");
+    }
+
+    /// Starts `redis-server` on `port`, which must be free.
+    async fn start_on(port: u16, dir: &Path, extra: &[&str]) -> Self {
+        Self::try_start(port, dir, extra)
+            .await
+            .unwrap_or_else(|| panic!("could not start a private redis-server on {port}"))
+    }
+
+    async fn try_start(port: u16, dir: &Path, extra: &[&str]) -> Option<Self> {
+        let mut args = vec![
+            "--port".to_owned(),
+            port.to_string(),
+            "--bind".to_owned(),
+            "127.0.0.1".to_owned(),
+            "--save".to_owned(),
+            String::new(),
+            "--appendonly".to_owned(),
+            "no".to_owned(),
+            "--dir".to_owned(),
+            dir.display().to_string(),
+        ];
+        for arg in extra {
+            // `--replicaof "host port"` takes both words as one argument.
+            args.extend(arg.split(' ').map(str::to_owned));
+        }
+        let child = Command::new("redis-server")
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be on PATH for these tests");
+        let mut redis = Self {
+            child: Some(child),
+            port,
+        };
+        let started = Instant::now();
+        while started.elapsed() < PATIENCE {
+            if let Some(child) = redis.child.as_mut()
+                && child.try_wait().unwrap().is_some()
+            {
+                redis.child = None;
+                return None; // lost the port to someone else
+            }
+            if answers_ping(&redis.url()).await {
+                return Some(redis);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A TCP proxy to a private Redis that can go silent on the connections it holds, the
+/// way a dropped NAT entry or a frozen host looks from the client: open, but mute.
+struct FreezingProxy {
+    port: u16,
+    epoch: Arc<AtomicU64>,
+    _accept: tokio::task::JoinHandle<()>,
+}
+
+impl FreezingProxy {
+    async fn start(target_port: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let epoch = Arc::new(AtomicU64::new(0));
+        let current = epoch.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await
+                else {
+                    continue;
+                };
+                let born = current.load(Ordering::SeqCst);
+                let (client_rx, client_tx) = client.into_split();
+                let (server_rx, server_tx) = server.into_split();
+                tokio::spawn(Self::pump(client_rx, server_tx, born, current.clone()));
+                tokio::spawn(Self::pump(server_rx, client_tx, born, current.clone()));
+            }
+        });
+        Self {
+            port,
+            epoch,
+            _accept: accept,
+        }
+    }
+
+    /// Connections open now stop forwarding (and never close); new ones work.
+    fn freeze_open_connections(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    async fn pump(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        born: u64,
+        current: Arc<AtomicU64>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if current.load(Ordering::SeqCst) != born {
+                // Hold both sockets open and say nothing, forever.
+                std::future::pending::<()>().await;
+            }
+            if to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+struct PrivateSentinel {
+    _redis: PrivateRedis,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl PrivateSentinel {
+    /// A sentinel watching the master on `master_port` under the name `tgmaster`.
+    async fn start(master_port: u16) -> Self {
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let port = free_port();
+            let conf = dir.path().join("sentinel.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\ndir {}\n\
+                     sentinel monitor tgmaster 127.0.0.1 {master_port} 1\n\
+                     sentinel down-after-milliseconds tgmaster 60000\n\
+                     sentinel failover-timeout tgmaster 10000\n",
+                    dir.path().display()
+                ),
+            )
+            .unwrap();
+            let child = Command::new("redis-server")
+                .arg(&conf)
+                .arg("--sentinel")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server must be on PATH for these tests");
+            let redis = PrivateRedis {
+                child: Some(child),
+                port,
+            };
+            let started = Instant::now();
+            while started.elapsed() < PATIENCE {
+                if answers_ping(&redis.url()).await {
+                    return Self {
+                        _redis: redis,
+                        port,
+                        _dir: dir,
+                    };
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        panic!("could not start a private sentinel");
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+struct PrivateCluster {
+    _nodes: Vec<PrivateRedis>,
+    ports: Vec<u16>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl PrivateCluster {
+    /// Three masters, no replicas, all slots assigned.
+    async fn start() -> Self {
+        let mut nodes = Vec::new();
+        let mut dirs = Vec::new();
+        while nodes.len() < 3 {
+            let dir = tempfile::tempdir().unwrap();
+            let port = free_cluster_port();
+            let conf = dir.path().join("nodes.conf");
+            let conf = conf.display().to_string();
+            let extra = ["--cluster-enabled", "yes", "--cluster-config-file", &conf];
+            if let Some(node) = PrivateRedis::try_start(port, dir.path(), &extra).await {
+                nodes.push(node);
+                dirs.push(dir);
+            }
+        }
+        let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
+        let status = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(ports.iter().map(|p| format!("127.0.0.1:{p}")))
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli must be on PATH for these tests");
+        assert!(status.success(), "redis-cli --cluster create failed");
+        for node in &nodes {
+            let url = node.url();
+            let url = url.as_str();
+            eventually("the cluster to be ok", || async move {
+                let Ok(client) = redis::Client::open(url) else {
+                    return false;
+                };
+                let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+                    return false;
+                };
+                redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .is_ok_and(|info| info.contains("cluster_state:ok"))
+            })
+            .await;
+        }
+        Self {
+            _nodes: nodes,
+            ports,
+            _dirs: dirs,
+        }
+    }
+}
+
+#[tokio::test]
+async fn redis_options_debug_hides_passwords() {
+    let mut options = RedisOptions::new("redis://u:hunter2@127.0.0.1:1/0", DEADLINE);
+    options.sentinel_password = Some("hunter3".into());
+    let shown = format!("{options:?}");
+    assert!(
+        !shown.contains("hunter2") && !shown.contains("hunter3"),
+        "{shown}"
+    );
+}
