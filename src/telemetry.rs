@@ -100,15 +100,21 @@ impl Metrics {
     /// Statistics for a rule defined in the config: its domain and the `key` or
     /// `key_value` of each level of its path.
     pub fn rule_stats<S: AsRef<str>>(&self, domain: &str, path: &[S]) -> RuleStats {
-        self.rule_stats_labelled(domain, path)
+        self.rule_stats_with(domain, path, None)
+    }
+
+    /// Statistics for one of a node's several named limits (`rate_limits`): the rule's
+    /// labels plus `limit="<name>"`.
+    pub fn named_rule_stats<S: AsRef<str>>(&self, domain: &str, path: &[S], limit: &str) -> RuleStats {
+        self.rule_stats_with(domain, path, Some(limit))
     }
 
     /// Statistics for a path built from request values; bounded by [`MAX_RUNTIME_SERIES`].
-    pub fn runtime_rule_stats<S: AsRef<str>>(&self, domain: &str, path: &[S]) -> RuleStats {
+    pub fn runtime_rule_stats<S: AsRef<str>>(&self, domain: &str, path: &[S], limit: Option<&str>) -> RuleStats {
         if self.take_runtime_series() {
-            self.rule_stats_labelled(domain, path)
+            self.rule_stats_with(domain, path, limit)
         } else {
-            self.rule_stats_labelled(domain, &[OVERFLOW_KEY])
+            self.rule_stats_with(domain, &[OVERFLOW_KEY], limit)
         }
     }
 
@@ -134,11 +140,14 @@ impl Metrics {
             .is_ok()
     }
 
-    fn rule_stats_labelled<S: AsRef<str>>(&self, domain: &str, path: &[S]) -> RuleStats {
-        let mut labels = Vec::with_capacity(path.len() + 1);
+    fn rule_stats_with<S: AsRef<str>>(&self, domain: &str, path: &[S], limit: Option<&str>) -> RuleStats {
+        let mut labels = Vec::with_capacity(path.len() + 2);
         labels.push(Label::new("domain", domain.to_owned()));
         for (level, part) in path.iter().enumerate() {
             labels.push(Label::new(format!("key{}", level + 1), part.as_ref().to_owned()));
+        }
+        if let Some(limit) = limit {
+            labels.push(Label::new("limit", limit.to_owned()));
         }
         let stat = |name: &'static str| self.counter(name, labels.clone());
         RuleStats {

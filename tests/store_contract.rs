@@ -44,27 +44,15 @@ fn unique_prefix() -> String {
 }
 
 fn add(key: &str, hits: u64, ttl_secs: u64) -> CounterUpdate {
-    CounterUpdate {
-        key: key.to_owned(),
-        hits,
-        refund: false,
-        ttl_secs,
-        cap: None,
-    }
+    CounterUpdate::window(key, hits, ttl_secs)
 }
 
 fn add_capped(key: &str, hits: u64, cap: u64) -> CounterUpdate {
-    CounterUpdate {
-        cap: Some(cap),
-        ..add(key, hits, 60)
-    }
+    add(key, hits, 60).capped(cap)
 }
 
 fn refund(key: &str, hits: u64) -> CounterUpdate {
-    CounterUpdate {
-        refund: true,
-        ..add(key, hits, 60)
-    }
+    add(key, hits, 60).refunding()
 }
 
 fn read(key: &str) -> CounterUpdate {
@@ -141,9 +129,7 @@ impl<S: CounterStore + Clone> Harness<S> {
         counter_key(
             &self.prefix,
             "contract",
-            [("name", name), ("model", "m1")],
-            0,
-        )
+            [("name", name), ("model", "m1")], "", Some(0))
     }
 
     async fn apply(&self, updates: &[CounterUpdate]) -> Vec<u64> {
@@ -344,13 +330,11 @@ async fn a_batch_returns_each_value_before_its_update_in_order<S: CounterStore +
 async fn counters_do_not_interfere<S: CounterStore + Clone>(h: Harness<S>) {
     let a = h.key("a");
     let b = h.key("b");
-    let a_next_window = counter_key(&h.prefix, "contract", [("name", "a"), ("model", "m1")], 60);
+    let a_next_window = counter_key(&h.prefix, "contract", [("name", "a"), ("model", "m1")], "", Some(60));
     let a_other_prefix = counter_key(
         &unique_prefix(),
         "contract",
-        [("name", "a"), ("model", "m1")],
-        0,
-    );
+        [("name", "a"), ("model", "m1")], "", Some(0));
     for _ in 0..3 {
         h.one(add(&a, 1, 60)).await;
     }
@@ -549,8 +533,8 @@ async fn redis_refund_and_refused_increment_create_no_key() {
 async fn redis_batch_spanning_two_hash_tags_applies_both() {
     let h = redis().await;
     let mut conn = direct(&redis_url()).await;
-    let acme = counter_key(&h.prefix, "d", [("tenant", "acme"), ("model", "m")], 0);
-    let other = counter_key(&h.prefix, "d", [("tenant", "other"), ("model", "m")], 0);
+    let acme = counter_key(&h.prefix, "d", [("tenant", "acme"), ("model", "m")], "", Some(0));
+    let other = counter_key(&h.prefix, "d", [("tenant", "other"), ("model", "m")], "", Some(0));
     assert_ne!(hash_tag(&acme), hash_tag(&other));
     assert_eq!(
         h.apply(&[add(&acme, 2, 60), add(&other, 5, 60)]).await,
@@ -844,9 +828,9 @@ async fn redis_cluster_batch_spanning_two_slots_applies_both_groups_in_order() {
     .await;
 
     let prefix = unique_prefix();
-    let acme = counter_key(&prefix, "d", [("tenant", "acme"), ("model", "m")], 0);
-    let acme_other_model = counter_key(&prefix, "d", [("tenant", "acme"), ("model", "n")], 0);
-    let other = counter_key(&prefix, "d", [("tenant", "other"), ("model", "m")], 0);
+    let acme = counter_key(&prefix, "d", [("tenant", "acme"), ("model", "m")], "", Some(0));
+    let acme_other_model = counter_key(&prefix, "d", [("tenant", "acme"), ("model", "n")], "", Some(0));
+    let other = counter_key(&prefix, "d", [("tenant", "other"), ("model", "m")], "", Some(0));
     let node = direct(&format!("redis://127.0.0.1:{}", cluster.ports[0])).await;
     let slot = |key: String| {
         let mut node = node.clone();

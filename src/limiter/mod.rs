@@ -17,10 +17,11 @@ use serde_json::{Map, Value, json};
 pub use self::request::{Code, CurrentLimit, DecideError, Decision, Descriptor, LimitOverride, Request, Status};
 use self::window::Window;
 use crate::clock::SharedClock;
+use crate::rules::tree::{Algorithm, Period};
 use crate::rules::watch::CurrentRules;
-use crate::rules::{Domain, Node, Unit};
-use crate::store::{CounterStore, CounterUpdate, Store, StoreError, keys};
-use crate::telemetry::{Metrics, RuleStats};
+use crate::rules::{Domain, Limit, Node, Unit};
+use crate::store::{CounterKind, CounterStore, CounterUpdate, Store, StoreError, keys};
+use crate::telemetry::Metrics;
 
 /// Names of the optional rate-limit response headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,9 +78,9 @@ pub struct Limiter {
     over_limit_cache: Option<quick_cache::sync::Cache<String, ()>>,
 }
 
-/// The limit in force for one descriptor, once matching and `replaces` are done.
+/// The limits in force for one descriptor, once matching and `replaces` are done.
 enum Applied<'r> {
-    /// No limit: nothing matched, a whitelist entry, or a replaced limit.
+    /// No limit: nothing matched, a whitelist entry, or every limit replaced.
     Free,
     /// Matched an `unlimited` rule.
     Unlimited,
@@ -87,12 +88,10 @@ enum Applied<'r> {
 }
 
 struct Limited<'r> {
-    requests_per_unit: u32,
-    unit: Unit,
-    name: Option<&'r str>,
-    stats: Cow<'r, RuleStats>,
+    /// The node's limits, in config order (owned for overrides and runtime metrics).
+    limits: Vec<Cow<'r, Limit>>,
     node: Option<&'r Node>,
-    /// The entries the counter is keyed by (wildcard values folded by `share_threshold`).
+    /// The entries the counters are keyed by (wildcard values folded by `share_threshold`).
     key_entries: Vec<(&'r str, &'r str)>,
 }
 
@@ -105,10 +104,35 @@ impl<'r> Applied<'r> {
     }
 }
 
-/// What the store (or the local cache) said about one limited descriptor.
-enum Count {
-    Stored { update: usize },
+/// The moment a call is decided, read once so every limit sees the same time.
+#[derive(Clone, Copy)]
+struct Now {
+    secs: u64,
+    micros: u64,
+}
+
+/// Where one limit's count comes from.
+enum Source {
+    /// The store's answer to update `i` of the batch.
+    Store(usize),
+    /// The local cache knows the key is over limit for the rest of its window.
     KnownOverLimit,
+}
+
+/// One limit of one descriptor, planned before the store call.
+struct Plan {
+    source: Source,
+    /// Seconds to the end of the window (windowed algorithms).
+    until_reset: u64,
+}
+
+/// One limit's answer.
+struct Verdict {
+    code: Code,
+    remaining: u64,
+    until_reset: u64,
+    /// The hits past the limit (what shadow mode reports).
+    over: u64,
 }
 
 impl Limiter {
@@ -158,115 +182,220 @@ impl Limiter {
             .collect::<Result<Vec<_>, _>>()?;
         drop_replaced(&mut applied);
 
-        let now = self.clock.now_secs();
+        let nanos = self.clock.now_nanos();
+        let now = Now {
+            secs: nanos / 1_000_000_000,
+            micros: nanos / 1_000,
+        };
         let mut updates = Vec::new();
-        let mut counts = Vec::with_capacity(applied.len());
-        for (descriptor, applied) in request.descriptors.iter().zip(&applied) {
-            let Applied::Limited(limit) = applied else {
-                counts.push(None);
-                continue;
-            };
-            let hits = hits_of(request, descriptor);
-            if descriptor.is_negative_hits {
-                limit.stats.total_negative_hits.increment(hits);
-            } else {
-                // Counted before the store answers, as the reference does.
-                limit.stats.total_hits.increment(hits);
-            }
-            let window = Window::containing(now, limit.unit.seconds());
-            let key = keys::counter_key(
-                &self.options.key_prefix,
-                request.domain,
-                limit.key_entries.iter().copied(),
-                window.start,
-            );
-            let cached_over = !descriptor.is_negative_hits
-                && self.over_limit_cache.as_ref().is_some_and(|c| c.get(&key).is_some());
-            if cached_over {
-                counts.push(Some(Count::KnownOverLimit));
-                continue;
-            }
-            counts.push(Some(Count::Stored { update: updates.len() }));
-            updates.push(CounterUpdate {
-                key,
-                hits,
-                refund: descriptor.is_negative_hits,
-                ttl_secs: window.until_reset,
-                cap: self
-                    .options
-                    .stop_incrementing_when_over_limit
-                    .then_some(u64::from(limit.requests_per_unit)),
-            });
-        }
+        let plans: Vec<Vec<Plan>> = request
+            .descriptors
+            .iter()
+            .zip(&applied)
+            .map(|(descriptor, applied)| match applied {
+                Applied::Limited(limited) => limited
+                    .limits
+                    .iter()
+                    .map(|limit| self.plan(request, descriptor, limited, limit, now, &mut updates))
+                    .collect(),
+                _ => Vec::new(),
+            })
+            .collect();
         let befores = if updates.is_empty() { Vec::new() } else { self.apply(&updates).await? };
 
-        let near_ratio = self.options.near_limit_ratio;
-        let mut statuses = Vec::with_capacity(applied.len());
-        for ((descriptor, applied), count) in request.descriptors.iter().zip(&applied).zip(&counts) {
-            let limit = match applied {
-                Applied::Free => {
-                    statuses.push(Status::default());
-                    continue;
+        let statuses = request
+            .descriptors
+            .iter()
+            .zip(&applied)
+            .zip(&plans)
+            .map(|((descriptor, applied), plans)| match applied {
+                Applied::Free => Status::default(),
+                Applied::Unlimited => Status {
+                    limit_remaining: u32::MAX,
+                    ..Status::default()
+                },
+                Applied::Limited(limited) => {
+                    let hits = hits_of(request, descriptor);
+                    self.judge(descriptor.is_negative_hits, hits, limited, plans, &befores, &updates)
                 }
-                Applied::Unlimited => {
-                    statuses.push(Status {
-                        limit_remaining: u32::MAX,
-                        ..Status::default()
-                    });
-                    continue;
-                }
-                Applied::Limited(limit) => limit,
-            };
-            let hits = hits_of(request, descriptor);
-            let rpu = u64::from(limit.requests_per_unit);
-            let stats = &limit.stats;
-            // `over` is the part of the hits past the limit, which shadow mode reports.
-            let (mut code, remaining, over) = match count {
-                Some(Count::KnownOverLimit) => {
-                    stats.over_limit.increment(hits);
-                    stats.over_limit_with_local_cache.increment(hits);
-                    (Code::OverLimit, 0, hits)
-                }
-                Some(Count::Stored { update }) if descriptor.is_negative_hits => {
-                    // A refund always passes; it reports what is left after it.
-                    let after = befores[*update].saturating_sub(hits);
-                    (Code::Ok, rpu.saturating_sub(after), 0)
-                }
-                Some(Count::Stored { update }) => {
-                    let threshold = accounting::near_limit_threshold(rpu, near_ratio);
-                    let charge = accounting::charge(befores[*update], hits, rpu, threshold);
-                    stats.over_limit.increment(charge.over_limit);
-                    stats.near_limit.increment(charge.near_limit);
-                    stats.within_limit.increment(charge.within_limit);
-                    if charge.code == Code::OverLimit {
-                        if let Some(cache) = &self.over_limit_cache {
-                            cache.insert(updates[*update].key.clone(), ());
-                        }
-                    }
-                    (charge.code, charge.remaining, charge.over_limit)
-                }
-                None => unreachable!("every limited descriptor has a count"),
-            };
-            if limit.node.is_some_and(|n| n.shadow_mode) {
-                if code == Code::OverLimit {
-                    stats.shadow_mode.increment(over);
-                }
-                code = Code::Ok;
-            }
-            let window = Window::containing(now, limit.unit.seconds());
-            statuses.push(Status {
-                code,
-                current_limit: Some(CurrentLimit {
-                    requests_per_unit: limit.requests_per_unit,
-                    unit: limit.unit,
-                    name: limit.name.map(str::to_owned),
-                }),
-                limit_remaining: u32::try_from(remaining).unwrap_or(u32::MAX),
-                duration_until_reset: Some(window.until_reset),
-            });
-        }
+            })
+            .collect();
         let nodes: Vec<Option<&Node>> = applied.iter().map(Applied::node).collect();
         Ok(self.finish(request, &nodes, statuses))
+    }
+
+    /// Counts the hits in the statistics and lays out the store update for one limit.
+    fn plan(
+        &self,
+        request: &Request<'_>,
+        descriptor: &Descriptor<'_>,
+        limited: &Limited<'_>,
+        limit: &Limit,
+        now: Now,
+        updates: &mut Vec<CounterUpdate>,
+    ) -> Plan {
+        let hits = hits_of(request, descriptor);
+        if descriptor.is_negative_hits {
+            limit.stats.total_negative_hits.increment(hits);
+        } else {
+            // Counted before the store answers, as the reference does.
+            limit.stats.total_hits.increment(hits);
+        }
+        let prefix = &self.options.key_prefix;
+        let key_for = |start: Option<u64>| {
+            keys::counter_key(prefix, request.domain, limited.key_entries.iter().copied(), &limit.key_tag, start)
+        };
+        let window = Window::of(&limit.period, now.secs);
+        let rpu = u64::from(limit.requests_per_unit);
+        let (key, kind) = match limit.algorithm {
+            Algorithm::FixedWindow => {
+                let key = key_for(Some(window.start));
+                let cached_over = !descriptor.is_negative_hits
+                    && self.over_limit_cache.as_ref().is_some_and(|c| c.get(&key).is_some());
+                if cached_over {
+                    return Plan {
+                        source: Source::KnownOverLimit,
+                        until_reset: window.until_reset,
+                    };
+                }
+                let cap = self.options.stop_incrementing_when_over_limit.then_some(rpu);
+                (key, CounterKind::Window { ttl_secs: window.until_reset, cap })
+            }
+            Algorithm::SlidingWindow => {
+                let length = limit.fixed_seconds().unwrap_or(1);
+                let kind = CounterKind::Sliding {
+                    previous_key: key_for(Some(window.start.saturating_sub(length))),
+                    previous_weight_ppm: window::previous_weight_ppm(now.micros, &window, length),
+                    // The count serves as the previous window through the next one.
+                    ttl_secs: window.until_reset + length,
+                    limit: rpu,
+                };
+                (key_for(Some(window.start)), kind)
+            }
+            Algorithm::TokenBucket { burst } => {
+                let kind = CounterKind::Bucket {
+                    now_us: now.micros,
+                    interval_us: bucket_interval_us(limit),
+                    capacity: burst,
+                };
+                (key_for(None), kind)
+            }
+        };
+        updates.push(CounterUpdate {
+            key,
+            hits,
+            refund: descriptor.is_negative_hits,
+            kind,
+        });
+        Plan {
+            source: Source::Store(updates.len() - 1),
+            until_reset: window.until_reset,
+        }
+    }
+
+    /// Judges every limit of a descriptor and answers with the most constrained: the
+    /// first over limit, else the one with the least remaining.
+    fn judge(
+        &self,
+        refund: bool,
+        hits: u64,
+        limited: &Limited<'_>,
+        plans: &[Plan],
+        befores: &[u64],
+        updates: &[CounterUpdate],
+    ) -> Status {
+        let shadow = limited.node.is_some_and(|n| n.shadow_mode);
+        let mut chosen: Option<(Verdict, &Limit)> = None;
+        for (limit, plan) in limited.limits.iter().zip(plans) {
+            let mut verdict = self.verdict(refund, hits, limit, plan, befores, updates);
+            if shadow {
+                if verdict.code == Code::OverLimit {
+                    limit.stats.shadow_mode.increment(verdict.over);
+                }
+                verdict.code = Code::Ok;
+            }
+            let tighter = match &chosen {
+                None => true,
+                Some((best, _)) => match (verdict.code, best.code) {
+                    (Code::OverLimit, Code::Ok) => true,
+                    (Code::Ok, Code::Ok) => verdict.remaining < best.remaining,
+                    _ => false,
+                },
+            };
+            if tighter {
+                chosen = Some((verdict, limit));
+            }
+        }
+        let Some((verdict, limit)) = chosen else {
+            return Status::default();
+        };
+        Status {
+            code: verdict.code,
+            current_limit: Some(CurrentLimit {
+                requests_per_unit: limit.requests_per_unit,
+                unit: limit.unit,
+                name: limit.name.clone(),
+            }),
+            limit_remaining: u32::try_from(verdict.remaining).unwrap_or(u32::MAX),
+            duration_until_reset: Some(verdict.until_reset),
+        }
+    }
+
+    /// One limit's answer, with its statistics.
+    fn verdict(&self, refund: bool, hits: u64, limit: &Limit, plan: &Plan, befores: &[u64], updates: &[CounterUpdate]) -> Verdict {
+        let stats = &limit.stats;
+        let capacity = match limit.algorithm {
+            Algorithm::TokenBucket { burst } => burst,
+            _ => u64::from(limit.requests_per_unit),
+        };
+        let update = match plan.source {
+            Source::KnownOverLimit => {
+                stats.over_limit.increment(hits);
+                stats.over_limit_with_local_cache.increment(hits);
+                return Verdict {
+                    code: Code::OverLimit,
+                    remaining: 0,
+                    until_reset: plan.until_reset,
+                    over: hits,
+                };
+            }
+            Source::Store(update) => update,
+        };
+        let before = befores[update];
+        let until_reset = |in_use: u64| match limit.algorithm {
+            // A bucket "resets" when it is full again.
+            Algorithm::TokenBucket { .. } => {
+                (u128::from(in_use) * u128::from(bucket_interval_us(limit))).div_ceil(1_000_000).max(1) as u64
+            }
+            _ => plan.until_reset,
+        };
+        if refund {
+            // A refund always passes; it reports what is left after it.
+            let after = before.saturating_sub(hits);
+            return Verdict {
+                code: Code::Ok,
+                remaining: capacity.saturating_sub(after),
+                until_reset: until_reset(after),
+                over: 0,
+            };
+        }
+        let threshold = accounting::near_limit_threshold(capacity, self.options.near_limit_ratio);
+        let charge = accounting::charge(before, hits, capacity, threshold);
+        stats.over_limit.increment(charge.over_limit);
+        stats.near_limit.increment(charge.near_limit);
+        stats.within_limit.increment(charge.within_limit);
+        if charge.code == Code::OverLimit && limit.algorithm == Algorithm::FixedWindow {
+            if let Some(cache) = &self.over_limit_cache {
+                cache.insert(updates[update].key.clone(), ());
+            }
+        }
+        let in_use = if charge.code == Code::Ok { before + hits } else { before };
+        Verdict {
+            code: charge.code,
+            remaining: charge.remaining,
+            until_reset: until_reset(in_use),
+            over: charge.over_limit,
+        }
     }
 
     async fn apply(&self, updates: &[CounterUpdate]) -> Result<Vec<u64>, DecideError> {
@@ -280,7 +409,7 @@ impl Limiter {
         })
     }
 
-    /// Finds the limit for one descriptor: the request's override, else the tree's.
+    /// Finds the limits for one descriptor: the request's override, else the tree's.
     fn resolve<'r>(&self, domain: &'r Domain, descriptor: &Descriptor<'r>, index: usize) -> Result<Applied<'r>, DecideError> {
         if let Some(limit) = descriptor.limit {
             let unit = limit.unit.ok_or(DecideError::UnknownOverrideUnit { index })?;
@@ -289,11 +418,20 @@ impl Limiter {
                 .iter()
                 .map(|&(k, v)| if v.is_empty() { k.to_owned() } else { format!("{k}_{v}") })
                 .collect();
-            return Ok(Applied::Limited(Limited {
+            let limit = Limit {
                 requests_per_unit: limit.requests_per_unit,
                 unit,
+                period: Period::Fixed(unit.seconds()),
+                algorithm: Algorithm::FixedWindow,
+                unlimited: false,
                 name: None,
-                stats: Cow::Owned(self.metrics.runtime_rule_stats(&domain.name, &path)),
+                replaces: Vec::new(),
+                listed: false,
+                key_tag: String::new(),
+                stats: self.metrics.runtime_rule_stats(&domain.name, &path, None),
+            };
+            return Ok(Applied::Limited(Limited {
+                limits: vec![Cow::Owned(limit)],
                 node: None,
                 key_entries: descriptor.entries.clone(),
             }));
@@ -302,10 +440,10 @@ impl Limiter {
             return Ok(Applied::Free);
         };
         let node = *path.last().expect("find returns a non-empty path");
-        let Some(limit) = &node.limit else {
+        if node.limits.is_empty() {
             return Ok(Applied::Free);
-        };
-        if limit.unlimited {
+        }
+        if node.limits.iter().any(|l| l.unlimited) {
             return Ok(Applied::Unlimited);
         }
         let key_entries = path
@@ -316,15 +454,23 @@ impl Limiter {
                 _ => (key, value),
             })
             .collect();
-        let stats = match metric_path(&path, &descriptor.entries) {
-            Some(parts) => Cow::Owned(self.metrics.runtime_rule_stats(&domain.name, &parts)),
-            None => Cow::Borrowed(&limit.stats),
-        };
+        let runtime_path = metric_path(&path, &descriptor.entries);
+        let limits = node
+            .limits
+            .iter()
+            .map(|limit| match &runtime_path {
+                Some(parts) => {
+                    let named = limit.listed.then_some(limit.name.as_deref()).flatten();
+                    Cow::Owned(Limit {
+                        stats: self.metrics.runtime_rule_stats(&domain.name, parts, named),
+                        ..Limit::clone(limit)
+                    })
+                }
+                None => Cow::Borrowed(&**limit),
+            })
+            .collect();
         Ok(Applied::Limited(Limited {
-            requests_per_unit: limit.requests_per_unit,
-            unit: limit.unit,
-            name: limit.name.as_deref(),
-            stats,
+            limits,
             node: Some(node),
             key_entries,
         }))
@@ -365,25 +511,32 @@ fn hits_of(request: &Request<'_>, descriptor: &Descriptor<'_>) -> u64 {
         .unwrap_or_else(|| u64::from(request.hits_addend.max(1)))
 }
 
-/// Drops every limited descriptor whose limit is named by another matched limit's
-/// `replaces` (unlimited ones stay, as in the reference).
+/// Drops every limit named by another matched limit's `replaces` (unlimited ones are
+/// never dropped, as in the reference); a descriptor left without limits is free.
 fn drop_replaced(applied: &mut [Applied<'_>]) {
-    let replaced: HashSet<&str> = applied
+    let replaced: HashSet<String> = applied
         .iter()
         .filter_map(Applied::node)
-        .filter_map(|n| n.limit.as_ref())
-        .flat_map(|l| l.replaces.iter().map(String::as_str))
+        .flat_map(|n| n.limits.iter())
+        .flat_map(|l| l.replaces.iter().cloned())
         .collect();
     if replaced.is_empty() {
         return;
     }
     for a in applied.iter_mut() {
         if let Applied::Limited(l) = a {
-            if l.name.is_some_and(|n| replaced.contains(n)) {
+            l.limits.retain(|limit| !limit.name.as_ref().is_some_and(|n| replaced.contains(n)));
+            if l.limits.is_empty() {
                 *a = Applied::Free;
             }
         }
     }
+}
+
+/// A token bucket's refill interval: one token every window / `requests_per_unit`.
+fn bucket_interval_us(limit: &Limit) -> u64 {
+    let window_us = limit.fixed_seconds().unwrap_or(1).saturating_mul(1_000_000);
+    (window_us / u64::from(limit.requests_per_unit.max(1))).max(1)
 }
 
 /// The stat path with request values in it, when `detailed_metric` (every level) or

@@ -26,6 +26,13 @@ pub const VALID_KEYS: &[&str] = &[
     "value_to_metric",
     "share_threshold",
     "metadata",
+    // tollgate's opt-in extensions.
+    "rate_limits",
+    "window",
+    "algorithm",
+    "burst",
+    "calendar",
+    "timezone",
 ];
 
 /// One file: a domain and its descriptor tree.
@@ -45,6 +52,9 @@ pub struct DescriptorYaml {
     #[serde(default, deserialize_with = "optional_scalar")]
     pub value: Option<String>,
     pub rate_limit: Option<RateLimitYaml>,
+    /// tollgate: several limits on one node, each named.
+    #[serde(default)]
+    pub rate_limits: Vec<RateLimitYaml>,
     #[serde(default)]
     pub descriptors: Vec<DescriptorYaml>,
     #[serde(default)]
@@ -74,6 +84,20 @@ pub struct RateLimitYaml {
     pub name: Option<String>,
     #[serde(default)]
     pub replaces: Vec<ReplacesYaml>,
+    /// tollgate: the window as a duration (`30s`, `5m`, `1h`) instead of one unit.
+    #[serde(default, deserialize_with = "optional_scalar")]
+    pub window: Option<String>,
+    /// tollgate: `fixed_window` (the default), `sliding_window` or `token_bucket`.
+    #[serde(default, deserialize_with = "optional_scalar")]
+    pub algorithm: Option<String>,
+    /// tollgate: a token bucket's capacity (default: `requests_per_unit`).
+    pub burst: Option<u64>,
+    /// tollgate: day, week, month and year follow the calendar in `timezone`.
+    #[serde(default)]
+    pub calendar: bool,
+    /// tollgate: the IANA timezone of calendar periods (default UTC).
+    #[serde(default, deserialize_with = "optional_scalar")]
+    pub timezone: Option<String>,
 }
 
 /// A reference to another limit, by name, that this one replaces.

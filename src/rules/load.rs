@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use super::file::{self, DescriptorYaml, RulesFile};
 use super::pattern::Pattern;
-use super::tree::{Domain, Level, Limit, Node, RuleSet};
+use super::tree::{Algorithm, Domain, Level, Limit, Node, Period, RuleSet};
 use super::unit::Unit;
 use crate::telemetry::Metrics;
 
@@ -211,10 +211,7 @@ fn compile_node(
     path.push(composite);
     let pattern = yaml.value.as_deref().and_then(Pattern::parse);
     let before = errors.len();
-    let limit = yaml
-        .rate_limit
-        .as_ref()
-        .and_then(|rl| compile_limit(rl, domain, &path, metrics, errors));
+    let limits = compile_limits(yaml, domain, &path, metrics, errors);
     if yaml.share_threshold && pattern.is_none() {
         errors.push(format!(
             "share_threshold can only be used with wildcard values (containing '*'), but found key '{}'",
@@ -228,7 +225,7 @@ fn compile_node(
         value: yaml.value.clone(),
         pattern,
         stat_key,
-        limit: limit.map(Arc::new),
+        limits,
         children,
         shadow_mode: yaml.shadow_mode,
         quota_mode: yaml.quota_mode,
@@ -239,20 +236,59 @@ fn compile_node(
     })
 }
 
+/// The node's limits: the reference's `rate_limit`, or tollgate's named `rate_limits`.
+fn compile_limits(
+    yaml: &DescriptorYaml,
+    domain: &str,
+    path: &[String],
+    metrics: &Metrics,
+    errors: &mut Vec<String>,
+) -> Vec<Arc<Limit>> {
+    if yaml.rate_limit.is_some() && !yaml.rate_limits.is_empty() {
+        errors.push("use either rate_limit or rate_limits, not both".to_owned());
+        return Vec::new();
+    }
+    if let Some(single) = &yaml.rate_limit {
+        return compile_limit(single, false, domain, path, metrics, errors).map(Arc::new).into_iter().collect();
+    }
+    let mut names = std::collections::HashSet::new();
+    let mut limits = Vec::with_capacity(yaml.rate_limits.len());
+    for (i, entry) in yaml.rate_limits.iter().enumerate() {
+        match entry.name.as_deref().filter(|n| !n.is_empty()) {
+            None => errors.push(format!("rate_limits[{i}] needs a name (it tells the limits of one descriptor apart)")),
+            Some(name) if !names.insert(name) => errors.push(format!("rate_limits[{i}]: duplicate limit name '{name}'")),
+            Some(_) if entry.unlimited => errors.push(format!("rate_limits[{i}]: unlimited is only allowed in rate_limit")),
+            Some(_) => limits.extend(compile_limit(entry, true, domain, path, metrics, errors).map(Arc::new)),
+        }
+    }
+    limits
+}
+
 fn compile_limit(
     yaml: &file::RateLimitYaml,
+    in_list: bool,
     domain: &str,
     path: &[String],
     metrics: &Metrics,
     errors: &mut Vec<String>,
 ) -> Option<Limit> {
     let before = errors.len();
+    let window = match yaml.window.as_deref().map(parse_window) {
+        None => None,
+        Some(Ok(secs)) => Some(secs),
+        Some(Err(e)) => {
+            errors.push(e);
+            None
+        }
+    };
     let unit = match (&yaml.unit, yaml.unlimited) {
         (Some(unit), true) if unit.parse::<Unit>().is_ok() => {
             errors.push("should not specify rate limit unit when unlimited".to_owned());
             None
         }
         (_, true) => None,
+        // A window alone reports the largest unit it is a whole number of.
+        (None, false) if window.is_some() => window.map(unit_dividing),
         (unit, false) => {
             let unit = unit.as_deref().unwrap_or_default();
             match unit.parse::<Unit>() {
@@ -274,18 +310,110 @@ fn compile_limit(
             replaces.push(r.name.clone());
         }
     }
-    (errors.len() == before).then(|| {
-        Limit::new(
-            metrics,
-            domain,
-            path,
-            yaml.requests_per_unit,
-            unit.unwrap_or(Unit::Second),
-            yaml.unlimited,
-            yaml.name.clone().filter(|n| !n.is_empty()),
-            replaces,
-        )
+    let algorithm = match yaml.algorithm.as_deref() {
+        None | Some("fixed_window") => Algorithm::FixedWindow,
+        Some("sliding_window") => Algorithm::SlidingWindow,
+        Some("token_bucket") => Algorithm::TokenBucket {
+            burst: yaml.burst.unwrap_or(u64::from(yaml.requests_per_unit)),
+        },
+        Some(other) => {
+            errors.push(format!(
+                "unknown algorithm '{other}' (expected fixed_window, sliding_window or token_bucket)"
+            ));
+            Algorithm::FixedWindow
+        }
+    };
+    if yaml.burst.is_some() && !matches!(algorithm, Algorithm::TokenBucket { .. }) {
+        errors.push("burst only applies to algorithm: token_bucket".to_owned());
+    }
+    let unit_or_second = unit.unwrap_or(Unit::Second);
+    let period = if yaml.calendar {
+        if window.is_some() {
+            errors.push("a calendar limit takes its period from unit; remove window".to_owned());
+        }
+        if !matches!(unit_or_second, Unit::Day | Unit::Week | Unit::Month | Unit::Year) {
+            errors.push(format!("calendar periods are day, week, month or year, not {}", unit_or_second.name().to_lowercase()));
+        }
+        if algorithm != Algorithm::FixedWindow {
+            errors.push("calendar periods only work with the fixed_window algorithm".to_owned());
+        }
+        let timezone = match yaml.timezone.as_deref() {
+            None => jiff::tz::TimeZone::UTC,
+            Some(name) => jiff::tz::TimeZone::get(name).unwrap_or_else(|_| {
+                errors.push(format!("unknown timezone '{name}' (expected an IANA name such as Europe/Berlin)"));
+                jiff::tz::TimeZone::UTC
+            }),
+        };
+        Period::Calendar { unit: unit_or_second, timezone }
+    } else {
+        if yaml.timezone.is_some() {
+            errors.push("timezone only applies to calendar: true".to_owned());
+        }
+        Period::Fixed(window.unwrap_or(unit_or_second.seconds()))
+    };
+    if errors.len() != before {
+        return None;
+    }
+    let name = yaml.name.clone().filter(|n| !n.is_empty());
+    let key_tag = key_tag(in_list.then_some(name.as_deref()).flatten(), unit_or_second, &period, algorithm);
+    let stats = match name.as_deref().filter(|_| in_list) {
+        Some(limit_name) => metrics.named_rule_stats(domain, path, limit_name),
+        None => metrics.rule_stats(domain, path),
+    };
+    Some(Limit {
+        requests_per_unit: yaml.requests_per_unit,
+        unit: unit_or_second,
+        period,
+        algorithm,
+        unlimited: yaml.unlimited,
+        name,
+        replaces,
+        listed: in_list,
+        key_tag,
+        stats,
     })
+}
+
+/// Parses `window`: a duration such as `30s`, `5m`, `1h 30m` or `2d`, in whole seconds.
+fn parse_window(text: &str) -> Result<u64, String> {
+    let secs = if text.bytes().all(|b| b.is_ascii_digit()) {
+        text.parse::<u64>().ok()
+    } else {
+        humantime::parse_duration(text).ok().filter(|d| d.subsec_nanos() == 0).map(|d| d.as_secs())
+    };
+    match secs {
+        Some(secs) if secs > 0 => Ok(secs),
+        _ => Err(format!("invalid window '{text}' (expected a whole number of seconds such as 30s, 5m, 1h or 2d)")),
+    }
+}
+
+/// The largest unit a window is a whole number of.
+fn unit_dividing(window_secs: u64) -> Unit {
+    Unit::ALL
+        .into_iter()
+        .rev()
+        .find(|u| window_secs % u.seconds() == 0)
+        .unwrap_or(Unit::Second)
+}
+
+/// Keeps the counters of a node's limits apart, and apart from a limit that changes
+/// algorithm or period on reload. A plain reference limit gets no tag.
+fn key_tag(list_name: Option<&str>, unit: Unit, period: &Period, algorithm: Algorithm) -> String {
+    let period_tag = match period {
+        Period::Fixed(secs) if *secs == unit.seconds() && list_name.is_none() && algorithm == Algorithm::FixedWindow => {
+            return String::new();
+        }
+        Period::Fixed(secs) => format!("{secs}"),
+        Period::Calendar { unit, timezone } => {
+            format!("{}@{}", unit.name(), timezone.iana_name().unwrap_or("UTC"))
+        }
+    };
+    let algorithm_tag = match algorithm {
+        Algorithm::FixedWindow => "fw",
+        Algorithm::SlidingWindow => "sw",
+        Algorithm::TokenBucket { .. } => "tb",
+    };
+    format!("{}~{algorithm_tag}{period_tag}", list_name.unwrap_or_default())
 }
 
 #[cfg(test)]
@@ -298,7 +426,7 @@ mod tests {
 
     fn limit_at(rules: &RuleSet, domain: &str, entries: &[(&str, &str)]) -> Option<u32> {
         let path = rules.domain(domain)?.find(entries.iter().copied())?;
-        path.last()?.limit.as_ref().map(|l| l.requests_per_unit)
+        path.last()?.limits.first().map(|l| l.requests_per_unit)
     }
 
     const TREE: &str = r#"

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::pattern::Pattern;
 use super::unit::Unit;
-use crate::telemetry::{Metrics, RuleStats};
+use crate::telemetry::RuleStats;
 
 /// All domains of a loaded rules directory.
 #[derive(Default)]
@@ -139,7 +139,7 @@ impl Level {
 
     fn dump_into(&self, lines: &mut Vec<String>) {
         for node in self.nodes() {
-            if let Some(limit) = &node.limit {
+            for limit in &node.limits {
                 lines.push(format!("{}: {}", node.stat_key, limit.describe(node)));
             }
             node.children.dump_into(lines);
@@ -155,7 +155,8 @@ pub struct Node {
     pub(crate) pattern: Option<Pattern>,
     /// The reference's stat key for this node: `domain.key_value.subkey`.
     pub stat_key: String,
-    pub limit: Option<Arc<Limit>>,
+    /// The node's limits: none, the reference's one, or several (`rate_limits`).
+    pub limits: Vec<Arc<Limit>>,
     pub(crate) children: Level,
     pub shadow_mode: bool,
     pub quota_mode: bool,
@@ -180,43 +181,71 @@ impl Node {
     }
 }
 
+/// How a limit's windows are laid out in time.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Period {
+    /// Windows of this many seconds, aligned to the Unix epoch so replicas agree.
+    Fixed(u64),
+    /// Calendar days, ISO weeks (from Monday), months or years in a timezone.
+    Calendar { unit: Unit, timezone: jiff::tz::TimeZone },
+}
+
+/// How a limit counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    /// A count per window, reset at the window's end (the reference's only algorithm).
+    FixedWindow,
+    /// The current window's count plus the previous window's, weighted by overlap.
+    SlidingWindow,
+    /// Tokens return at `requests_per_unit` per window; up to `burst` are held.
+    TokenBucket { burst: u64 },
+}
+
+impl Algorithm {
+    /// The name used in the YAML and the config dump.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::FixedWindow => "fixed_window",
+            Algorithm::SlidingWindow => "sliding_window",
+            Algorithm::TokenBucket { .. } => "token_bucket",
+        }
+    }
+}
+
 /// A limit attached to a node.
+#[derive(Clone)]
 pub struct Limit {
     pub requests_per_unit: u32,
+    /// The unit reported to Envoy in `current_limit`.
     pub unit: Unit,
+    pub period: Period,
+    pub algorithm: Algorithm,
     /// Matches without counting; reported with no `current_limit`.
     pub unlimited: bool,
     pub name: Option<String>,
     /// Names of limits this one drops when both match a request.
     pub replaces: Vec<String>,
+    /// Declared in `rate_limits`: its statistics carry a `limit` label with its name.
+    pub listed: bool,
+    /// Set apart in counter keys so a node's limits never share a counter; empty for a
+    /// plain reference limit, whose keys keep the reference's shape.
+    pub key_tag: String,
     /// The reference's per-rule statistics, registered once at load.
     pub stats: RuleStats,
 }
 
 impl Limit {
-    /// A limit with its statistics registered under its domain and config path.
-    pub fn new(
-        metrics: &Metrics,
-        domain: &str,
-        path: &[String],
-        requests_per_unit: u32,
-        unit: Unit,
-        unlimited: bool,
-        name: Option<String>,
-        replaces: Vec<String>,
-    ) -> Self {
-        Self {
-            requests_per_unit,
-            unit,
-            unlimited,
-            name,
-            replaces,
-            stats: metrics.rule_stats(domain, path),
+    /// The window length in seconds for epoch-aligned periods (calendar periods vary).
+    pub fn fixed_seconds(&self) -> Option<u64> {
+        match self.period {
+            Period::Fixed(secs) => Some(secs),
+            Period::Calendar { .. } => None,
         }
     }
 
     /// The reference's dump line body: `unit=MINUTE requests_per_unit=5, shadow_mode: false,
-    /// quota_mode: false` (unlimited rules print `unit=UNKNOWN requests_per_unit=0`).
+    /// quota_mode: false` (unlimited rules print `unit=UNKNOWN requests_per_unit=0`), then
+    /// the name and any of tollgate's extensions in use.
     fn describe(&self, node: &Node) -> String {
         let (unit, rpu) = if self.unlimited { ("UNKNOWN", 0) } else { (self.unit.name(), self.requests_per_unit) };
         let mut text = format!(
@@ -225,6 +254,18 @@ impl Limit {
         );
         if let Some(name) = &self.name {
             text.push_str(&format!(", name: {name}"));
+        }
+        match &self.period {
+            Period::Fixed(secs) if *secs != self.unit.seconds() => text.push_str(&format!(", window: {secs}s")),
+            Period::Fixed(_) => {}
+            Period::Calendar { timezone, .. } => {
+                text.push_str(&format!(", calendar: {}", timezone.iana_name().unwrap_or("UTC")))
+            }
+        }
+        match self.algorithm {
+            Algorithm::FixedWindow => {}
+            Algorithm::SlidingWindow => text.push_str(", algorithm: sliding_window"),
+            Algorithm::TokenBucket { burst } => text.push_str(&format!(", algorithm: token_bucket, burst: {burst}")),
         }
         text
     }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 
-use super::{CounterStore, CounterUpdate, StoreError};
+use super::{CounterKind, CounterStore, CounterUpdate, StoreError, bucket_in_use, sliding_estimate};
 use crate::clock::SharedClock;
 
 #[derive(Debug, Clone, Copy)]
@@ -20,6 +20,15 @@ struct Slot {
     count: u64,
     /// First second (since the epoch) at which the counter no longer exists.
     expires_at: u64,
+}
+
+/// When a written counter expires.
+#[derive(Debug, Clone, Copy)]
+enum Expiry {
+    /// At this second if the write creates the counter; an existing one keeps its own.
+    IfNew(u64),
+    /// At this second, always (a token bucket lives until it is full again).
+    At(u64),
 }
 
 /// Counters in a concurrent map, expiring by the injected clock.
@@ -70,34 +79,102 @@ impl MemoryStore {
         })
     }
 
-    fn apply_one(&self, update: &CounterUpdate, now: u64) -> u64 {
-        if update.hits == 0 {
-            // A check-only read: never creates a counter nor extends its life.
-            return match self.slots.get(&update.key) {
-                Some(slot) if slot.expires_at > now => slot.count,
-                _ => 0,
-            };
-        }
-        let fresh = Slot {
-            count: 0,
-            expires_at: now + update.ttl_secs.max(1),
-        };
-        let mut slot = match self.slots.entry(update.key.clone()) {
-            Entry::Occupied(mut e) => {
-                if e.get().expires_at <= now {
-                    e.insert(fresh);
-                }
-                e.into_ref()
+    fn apply_one(&self, update: &CounterUpdate, now_secs: u64) -> u64 {
+        let hits = update.hits;
+        match &update.kind {
+            CounterKind::Window { ttl_secs, cap } => self.update(&update.key, now_secs, |count| {
+                let before = count.unwrap_or(0);
+                let after = if hits == 0 {
+                    None
+                } else if update.refund {
+                    count.map(|c| c.saturating_sub(hits))
+                } else if cap.is_none_or(|cap| before.saturating_add(hits) <= cap) {
+                    Some(before.saturating_add(hits))
+                } else {
+                    None
+                };
+                (before, after.map(|a| (a, Expiry::IfNew(now_secs + ttl_secs.max(&1)))))
+            }),
+            CounterKind::Sliding { previous_key, previous_weight_ppm, ttl_secs, limit } => {
+                // The previous window is closed, so reading it apart from the update is safe.
+                let previous = self.update(previous_key, now_secs, |count| (count.unwrap_or(0), None));
+                self.update(&update.key, now_secs, |count| {
+                    let current = count.unwrap_or(0);
+                    let before = sliding_estimate(current, previous, *previous_weight_ppm);
+                    let after = if hits == 0 {
+                        None
+                    } else if update.refund {
+                        count.map(|c| c.saturating_sub(hits))
+                    } else if before.saturating_add(hits) <= *limit {
+                        Some(current.saturating_add(hits))
+                    } else {
+                        None
+                    };
+                    (before, after.map(|a| (a, Expiry::IfNew(now_secs + ttl_secs.max(&1)))))
+                })
             }
-            Entry::Vacant(e) => e.insert(fresh),
-        };
-        let before = slot.count;
-        if update.refund {
-            slot.count = before.saturating_sub(update.hits);
-        } else if update.cap.is_none_or(|cap| before.saturating_add(update.hits) <= cap) {
-            slot.count = before.saturating_add(update.hits);
+            CounterKind::Bucket { now_us, interval_us, capacity } => self.update(&update.key, now_secs, |stored| {
+                let tat = stored.unwrap_or(*now_us).max(*now_us);
+                let in_use = bucket_in_use(tat, *now_us, *interval_us);
+                let cost = hits.saturating_mul(*interval_us);
+                let new_tat = if hits == 0 {
+                    None
+                } else if update.refund {
+                    stored.map(|_| tat.saturating_sub(cost).max(*now_us))
+                } else if in_use.saturating_add(hits) <= *capacity {
+                    Some(tat.saturating_add(cost))
+                } else {
+                    None
+                };
+                // The bucket is full again (and forgettable) once the clock reaches its TAT.
+                (in_use, new_tat.map(|t| (t, Expiry::At(t.div_ceil(1_000_000) + 1))))
+            }),
         }
-        before
+    }
+
+    /// Runs `f` on the live value of `key` (`None` when absent or expired) under the
+    /// key's lock, and stores the new value and expiry `f` returns, if any.
+    fn update<R>(&self, key: &str, now_secs: u64, f: impl FnOnce(Option<u64>) -> (R, Option<(u64, Expiry)>)) -> R {
+        if let Some(mut slot) = self.slots.get_mut(key) {
+            if slot.expires_at > now_secs {
+                let (out, write) = f(Some(slot.count));
+                if let Some((count, expiry)) = write {
+                    slot.count = count;
+                    if let Expiry::At(at) = expiry {
+                        slot.expires_at = at;
+                    }
+                }
+                return out;
+            }
+        }
+        match self.slots.entry(key.to_owned()) {
+            // Created between the two lookups, or expired and not yet swept.
+            Entry::Occupied(mut e) => {
+                let live = (e.get().expires_at > now_secs).then_some(e.get().count);
+                let (out, write) = f(live);
+                match write {
+                    Some((count, expiry)) => {
+                        let expires_at = match (expiry, live) {
+                            (Expiry::IfNew(_), Some(_)) => e.get().expires_at,
+                            (Expiry::IfNew(at) | Expiry::At(at), _) => at,
+                        };
+                        e.insert(Slot { count, expires_at });
+                    }
+                    None if live.is_none() => {
+                        e.remove();
+                    }
+                    None => {}
+                }
+                out
+            }
+            Entry::Vacant(e) => {
+                let (out, write) = f(None);
+                if let Some((count, Expiry::IfNew(expires_at) | Expiry::At(expires_at))) = write {
+                    e.insert(Slot { count, expires_at });
+                }
+                out
+            }
+        }
     }
 }
 

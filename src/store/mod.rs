@@ -19,15 +19,75 @@ pub struct CounterUpdate {
     /// The counter's full key, from [`keys::counter_key`].
     pub key: String,
     /// How much to add (or, with `refund`, to give back). Zero only reads the counter: it
-    /// never creates a key nor refreshes its expiry.
+    /// never creates a key, refreshes its expiry or consumes anything.
     pub hits: u64,
-    /// Give `hits` back instead of consuming them; the counter never goes below zero.
+    /// Give `hits` back instead of consuming them; nothing goes below empty.
     pub refund: bool,
-    /// Seconds the counter lives once created; set only when the key is new.
-    pub ttl_secs: u64,
-    /// Leave the counter unchanged when adding `hits` would take it above this value
-    /// (the reference's stop-incrementing-when-over-limit mode).
-    pub cap: Option<u64>,
+    /// How the counter counts.
+    pub kind: CounterKind,
+}
+
+/// The counting algorithm of one counter. Every kind reports the same quantity: how much
+/// of its capacity was in use *before* the update, so the limiter judges them all alike
+/// (over limit when that plus the hits exceeds the capacity).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CounterKind {
+    /// A fixed-window count that lives `ttl_secs` from creation (set only when the key is
+    /// new). With a `cap`, hits that would take it above the cap are not counted (the
+    /// reference's stop-incrementing-when-over-limit mode); without, every hit counts.
+    Window { ttl_secs: u64, cap: Option<u64> },
+    /// A sliding window, estimated from two fixed windows: this window's count plus the
+    /// previous window's (`previous_key`) weighted by the share of it the sliding window
+    /// still covers, in millionths. Hits are counted only while the estimate stays
+    /// within `limit`, so a flood does not lock the key for longer than a window.
+    Sliding {
+        previous_key: String,
+        previous_weight_ppm: u64,
+        ttl_secs: u64,
+        limit: u64,
+    },
+    /// A token bucket as GCRA: the key holds the theoretical arrival time in microseconds.
+    /// One token returns every `interval_us`; at most `capacity` are held. Tokens are
+    /// taken only when all `hits` are available. `now_us` is the limiter's clock, so
+    /// replicas and tests agree on time.
+    Bucket { now_us: u64, interval_us: u64, capacity: u64 },
+}
+
+impl CounterUpdate {
+    /// Adds `hits` to a fixed-window counter living `ttl_secs`.
+    pub fn window(key: impl Into<String>, hits: u64, ttl_secs: u64) -> Self {
+        Self {
+            key: key.into(),
+            hits,
+            refund: false,
+            kind: CounterKind::Window { ttl_secs, cap: None },
+        }
+    }
+
+    /// Gives the hits back instead.
+    pub fn refunding(mut self) -> Self {
+        self.refund = true;
+        self
+    }
+
+    /// Leaves a fixed-window counter unchanged when the hits would take it above `cap`.
+    pub fn capped(mut self, cap: u64) -> Self {
+        if let CounterKind::Window { cap: c, .. } = &mut self.kind {
+            *c = Some(cap);
+        }
+        self
+    }
+}
+
+/// GCRA: the tokens in use at `now_us` for a bucket whose theoretical arrival time is
+/// `tat_us` (rounded up: a partly returned token is still in use).
+pub fn bucket_in_use(tat_us: u64, now_us: u64, interval_us: u64) -> u64 {
+    tat_us.saturating_sub(now_us).div_ceil(interval_us.max(1))
+}
+
+/// A sliding window's estimate: the current count plus the weighted previous count.
+pub fn sliding_estimate(current: u64, previous: u64, previous_weight_ppm: u64) -> u64 {
+    current.saturating_add(((previous as u128 * previous_weight_ppm as u128) / 1_000_000) as u64)
 }
 
 /// Why a store could not answer.

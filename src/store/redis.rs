@@ -59,50 +59,90 @@ use redis::{
     RedisConnectionInfo, RedisError, RedisResult, Script, ScriptInvocation, TlsMode,
 };
 
-use super::{CounterStore, CounterUpdate, StoreError, keys};
+use super::{CounterKind, CounterStore, CounterUpdate, StoreError, keys};
 
 /// Applies one request's counter updates atomically, in one round trip.
 ///
-/// - `KEYS[i]`: the i-th counter (under Cluster, all keys of one call share a hash slot).
-/// - `ARGV[4i-3]`: hits, a non-negative integer; `0` only reads (no key created, expiry
-///   untouched).
-/// - `ARGV[4i-2]`: `1` to give the hits back (the counter never goes below zero), else `0`.
-/// - `ARGV[4i-1]`: seconds the counter lives, set only when this call creates the key.
-/// - `ARGV[4i]`: the cap: the counter is left unchanged when adding the hits would take
-///   it above this value; empty for no cap.
+/// Each update takes six `ARGV` slots and one `KEYS` entry (two for a sliding window):
+/// - `ARGV[i]`: the kind: `w` fixed window, `s` sliding window, `b` token bucket (GCRA);
+/// - `ARGV[i+1]`: hits, a non-negative integer; `0` only reads (no key created, expiry
+///   untouched, nothing consumed);
+/// - `ARGV[i+2]`: `1` to give the hits back (never below empty), else `0`;
+/// - `w`: `ARGV[i+3]` seconds the counter lives, set only when this call creates it;
+///   `ARGV[i+4]` the cap (empty for none): hits that would pass it are not counted;
+/// - `s`: `ARGV[i+3]` ttl as for `w`; `ARGV[i+4]` the limit: hits are counted only while
+///   the estimate stays within it; `ARGV[i+5]` the previous window's weight in
+///   millionths; the next `KEYS` entry is the previous window's counter;
+/// - `b`: `ARGV[i+3]` now, `ARGV[i+4]` the interval between tokens, both in microseconds;
+///   `ARGV[i+5]` the capacity. The key holds the theoretical arrival time (TAT).
 ///
-/// Returns each counter's value before its update, in `KEYS` order. Updates are applied
-/// in order, so a key listed twice sees its earlier update. Integer arithmetic is done by
-/// Redis (`INCRBY`/`DECRBY` with the arguments as given); only the cap and refund
-/// comparisons go through Lua numbers (exact below 2^53).
+/// Returns, per update, the capacity in use before it (the count, the estimate, or the
+/// tokens in use), in order. The arithmetic mirrors `MemoryStore` exactly: integers, the
+/// weighted previous count rounded down, tokens in use rounded up. Lua numbers are
+/// doubles, exact below 2^53 (microsecond timestamps are about 2^51).
 pub const APPLY_SCRIPT: &str = r#"
 local out = {}
-for i, key in ipairs(KEYS) do
-  local a = (i - 1) * 4
-  local hits = ARGV[a + 1]
-  local n = tonumber(hits)
-  local raw = redis.call('GET', key)
-  local before = tonumber(raw or '0')
-  if n > 0 then
-    if ARGV[a + 2] == '1' then
-      if before > 0 then
-        if n >= before then
-          redis.call('DECRBY', key, raw)
-        else
-          redis.call('DECRBY', key, hits)
-        end
-      end
+local k = 1
+local function give_back(key, raw, before, hits, hits_text)
+  if raw and before > 0 then
+    if hits >= before then
+      redis.call('DECRBY', key, raw)
     else
-      local cap = ARGV[a + 4]
-      if cap == '' or before + n <= tonumber(cap) then
-        redis.call('INCRBY', key, hits)
+      redis.call('DECRBY', key, hits_text)
+    end
+  end
+end
+for i = 1, #ARGV, 6 do
+  local kind = ARGV[i]
+  local hits = tonumber(ARGV[i + 1])
+  local refund = ARGV[i + 2] == '1'
+  local key = KEYS[k]
+  k = k + 1
+  local before
+  if kind == 'b' then
+    local now = tonumber(ARGV[i + 3])
+    local interval = tonumber(ARGV[i + 4])
+    local raw = redis.call('GET', key)
+    local tat = math.max(tonumber(raw or ARGV[i + 3]), now)
+    before = math.ceil((tat - now) / interval)
+    local new
+    if hits > 0 then
+      if refund then
+        if raw then new = math.max(now, tat - hits * interval) end
+      elseif before + hits <= tonumber(ARGV[i + 5]) then
+        new = tat + hits * interval
+      end
+    end
+    if new then
+      -- Forget the bucket a second after it is full again.
+      redis.call('SET', key, string.format('%.0f', new), 'PX', math.ceil((new - now) / 1000) + 1000)
+    end
+  else
+    local raw = redis.call('GET', key)
+    local count = tonumber(raw or '0')
+    local allowed
+    if kind == 's' then
+      local previous = tonumber(redis.call('GET', KEYS[k]) or '0')
+      k = k + 1
+      before = count + math.floor(previous * tonumber(ARGV[i + 5]) / 1000000)
+      allowed = before + hits <= tonumber(ARGV[i + 4])
+    else
+      before = count
+      local cap = ARGV[i + 4]
+      allowed = cap == '' or before + hits <= tonumber(cap)
+    end
+    if hits > 0 then
+      if refund then
+        give_back(key, raw, count, hits, ARGV[i + 1])
+      elseif allowed then
+        redis.call('INCRBY', key, ARGV[i + 1])
         if not raw then
-          redis.call('EXPIRE', key, ARGV[a + 3])
+          redis.call('EXPIRE', key, ARGV[i + 3])
         end
       end
     end
   end
-  out[i] = before
+  out[#out + 1] = before
 end
 return out
 "#;
@@ -743,14 +783,25 @@ fn invocation<'a>(
 ) -> ScriptInvocation<'static> {
     let mut call = APPLY.prepare_invoke();
     for u in updates {
-        call.key(&u.key)
-            .arg(u.hits)
-            .arg(if u.refund { "1" } else { "0" })
-            .arg(u.ttl_secs.max(1));
-        match u.cap {
-            Some(cap) => call.arg(cap),
-            None => call.arg(""),
-        };
+        call.key(&u.key);
+        let refund = if u.refund { "1" } else { "0" };
+        match &u.kind {
+            CounterKind::Window { ttl_secs, cap } => {
+                call.arg("w").arg(u.hits).arg(refund).arg(ttl_secs.max(&1));
+                match cap {
+                    Some(cap) => call.arg(cap),
+                    None => call.arg(""),
+                };
+                call.arg("");
+            }
+            CounterKind::Sliding { previous_key, previous_weight_ppm, ttl_secs, limit } => {
+                call.key(previous_key);
+                call.arg("s").arg(u.hits).arg(refund).arg(ttl_secs.max(&1)).arg(limit).arg(previous_weight_ppm);
+            }
+            CounterKind::Bucket { now_us, interval_us, capacity } => {
+                call.arg("b").arg(u.hits).arg(refund).arg(now_us).arg(interval_us.max(&1)).arg(capacity);
+            }
+        }
     }
     call
 }
@@ -1017,20 +1068,24 @@ mod tests {
     }
 
     #[test]
-    fn script_arguments_are_laid_out_four_per_key() {
-        let updates = [CounterUpdate {
-            key: "k".into(),
-            hits: 3,
-            refund: true,
-            ttl_secs: 0,
-            cap: Some(9),
-        }];
+    fn script_arguments_are_laid_out_six_per_update() {
+        let updates = [
+            CounterUpdate::window("k", 3, 0).capped(9).refunding(),
+            CounterUpdate {
+                key: "s".into(),
+                hits: 1,
+                refund: false,
+                kind: CounterKind::Sliding {
+                    previous_key: "p".into(),
+                    previous_weight_ppm: 500_000,
+                    ttl_secs: 120,
+                    limit: 10,
+                },
+            },
+        ];
         let call = invocation(&updates);
         // The invocation hides its arguments; its Debug reports the counts.
         let shown = format!("{call:?}");
-        assert!(
-            shown.contains("args: 4") && shown.contains("keys: 1"),
-            "{shown}"
-        );
+        assert!(shown.contains("args: 12") && shown.contains("keys: 3"), "{shown}");
     }
 }
