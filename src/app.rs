@@ -16,7 +16,10 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::{self, AdminState};
 use crate::clock::{SharedClock, SystemClock};
+use crate::ledger::Ledger;
+use crate::ledger::tokens::{NewToken, Role};
 use crate::edge::grpc::RateLimitGrpc;
 use crate::edge::health::Health;
 use crate::edge::http::{self, HttpState};
@@ -36,6 +39,7 @@ pub struct App {
     settings: Settings,
     grpc_listener: TcpListener,
     http_listener: TcpListener,
+    ledger: Ledger,
     limiter: Arc<Limiter>,
     metrics: Metrics,
     background: Vec<tokio::task::JoinHandle<()>>,
@@ -82,6 +86,7 @@ impl App {
         };
         tracing::info!(store = %redact_url(&settings.store), "counter store ready");
 
+        let ledger = open_ledger(&settings, clock.clone()).await?;
         let limiter = Arc::new(Limiter::new(rules, store, clock, metrics.clone(), settings.limiter_options()));
         let grpc_listener = TcpListener::bind(settings.grpc_addr)
             .await
@@ -89,10 +94,14 @@ impl App {
         let http_listener = TcpListener::bind(settings.http_addr)
             .await
             .with_context(|| format!("cannot listen for HTTP on {}", settings.http_addr))?;
+        if let Some(listener) = ledger.listen() {
+            background.push(listener);
+        }
         Ok(App {
             settings,
             grpc_listener,
             http_listener,
+            ledger,
             limiter,
             metrics,
             background,
@@ -110,6 +119,11 @@ impl App {
         self.http_listener.local_addr().expect("a bound listener has an address")
     }
 
+    /// The ledger (tests seed it).
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
     /// The limiter (tests inspect its rules and store).
     pub fn limiter(&self) -> &Arc<Limiter> {
         &self.limiter
@@ -121,6 +135,7 @@ impl App {
             settings,
             grpc_listener,
             http_listener,
+            ledger,
             limiter,
             metrics,
             mut background,
@@ -140,7 +155,8 @@ impl App {
             limiter,
             health: health.clone(),
             metrics,
-        });
+        })
+        .merge(admin::router(AdminState { ledger }));
         let http = axum::serve(http_listener, router).with_graceful_shutdown(stop.clone().cancelled_owned());
         let mut grpc = tokio::spawn(grpc);
         let mut http = tokio::spawn(async move { http.await });
@@ -168,6 +184,28 @@ impl App {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Connects the ledger, migrates it if asked, and seeds the bootstrap admin token.
+pub async fn open_ledger(settings: &Settings, clock: SharedClock) -> anyhow::Result<Ledger> {
+    let ledger = Ledger::connect(&settings.database_url, clock)
+        .await
+        .with_context(|| format!("cannot open the ledger at {}", redact_url(&settings.database_url)))?;
+    if settings.migrate_on_start {
+        ledger.migrate().await.context("cannot migrate the ledger")?;
+    }
+    if let Some(secret) = &settings.bootstrap_token {
+        if ledger.token_count().await? == 0 {
+            let bootstrap = NewToken {
+                name: "bootstrap".into(),
+                role: Role::Admin,
+                tenant_id: None,
+            };
+            ledger.create_token("system", &bootstrap, Some(secret)).await?;
+            tracing::info!("created the bootstrap admin token");
+        }
+    }
+    Ok(ledger)
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -17,3 +17,6 @@ pub mod telemetry;
 pub mod app;
 pub mod edge;
 pub mod settings;
+pub mod admin;
+pub mod ledger;
+pub mod money;

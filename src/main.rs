@@ -4,7 +4,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tollgate::app::{App, shutdown_signal};
+use tollgate::app::{App, open_ledger, shutdown_signal};
+use tollgate::clock::SystemClock;
+use tollgate::ledger::Ledger;
+use tollgate::ledger::tokens::{NewToken, Role};
 use tollgate::rules::load;
 use tollgate::settings::{LogFormat, Settings};
 use tollgate::telemetry::{self, Metrics};
@@ -32,8 +35,29 @@ enum Command {
         #[arg(long)]
         merge_domains: bool,
     },
+    /// Apply pending migrations to the ledger database.
+    Migrate,
+    /// Manage admin API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token and print its secret (shown only this once).
+    Create {
+        /// admin, approver, finance or tenant.
+        #[arg(long)]
+        role: String,
+        /// A name to recognise the token by.
+        #[arg(long, default_value = "cli")]
+        name: String,
+        /// The tenant a tenant-role token is scoped to.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -45,6 +69,42 @@ fn main() -> ExitCode {
         }
         Command::CheckConfig { dir, merge_domains } => check_config(&dir, merge_domains),
         Command::Serve => serve(cli.config),
+        Command::Migrate => with_ledger(cli.config, |ledger| async move {
+            ledger.migrate().await?;
+            println!("migrations applied");
+            Ok(())
+        }),
+        Command::Token(TokenCommand::Create { role, name, tenant }) => with_ledger(cli.config, |ledger| async move {
+            let role = Role::parse(&role).ok_or_else(|| anyhow::anyhow!("--role must be admin, approver, finance or tenant"))?;
+            let new = NewToken { name, role, tenant_id: tenant };
+            new.validate().map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.message))?;
+            let created = ledger.create_token("cli", &new, None).await?;
+            println!("{}", created.secret);
+            eprintln!("token {} ({}) created; the secret above is shown only once", created.token.id, role.as_str());
+            Ok(())
+        }),
+    }
+}
+
+/// Runs `work` against the configured ledger (migrated first when settings ask for it).
+fn with_ledger<F, Fut>(config: Option<PathBuf>, work: F) -> ExitCode
+where
+    F: FnOnce(Ledger) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let outcome = Settings::load(config.as_deref()).map_err(anyhow::Error::from).and_then(|settings| {
+        let runtime = tokio::runtime::Runtime::new()?;
+        runtime.block_on(async {
+            let ledger = open_ledger(&settings, std::sync::Arc::new(SystemClock)).await?;
+            work(ledger).await
+        })
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("tollgate: {error:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

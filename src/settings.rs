@@ -62,6 +62,16 @@ pub struct Settings {
     pub shutdown_grace_secs: u64,
     /// `text` or `json` log lines (`LOG_FORMAT`).
     pub log_format: LogFormat,
+    /// The budget ledger and admin state: `sqlite://path` (created if missing) or
+    /// `postgres://user:pass@host/db`.
+    pub database_url: String,
+    /// Apply pending database migrations at startup (else run `tollgate migrate`).
+    pub migrate_on_start: bool,
+    /// On first start (no admin token exists yet), this secret becomes an admin token.
+    pub bootstrap_token: Option<String>,
+    /// Seconds between full reloads of tenants, budgets and prices, as a backstop to
+    /// change notifications.
+    pub policy_resync_secs: u64,
 }
 
 /// How log lines are written.
@@ -96,6 +106,10 @@ impl Default for Settings {
             shutdown_delay_secs: 0,
             shutdown_grace_secs: 10,
             log_format: LogFormat::Text,
+            database_url: "sqlite://tollgate.db".into(),
+            migrate_on_start: true,
+            bootstrap_token: None,
+            policy_resync_secs: 30,
         }
     }
 }
@@ -149,6 +163,15 @@ impl Settings {
         let known = ["memory", "redis://", "rediss://", "redis+sentinel://", "rediss+sentinel://", "redis+cluster://", "rediss+cluster://"];
         if !known.iter().any(|k| self.store == *k || (k.ends_with("://") && self.store.starts_with(k))) {
             return invalid("store", "must be 'memory' or a redis://, rediss://, redis+sentinel:// or redis+cluster:// URL");
+        }
+        if !["sqlite:", "postgres://", "postgresql://"].iter().any(|p| self.database_url.starts_with(p)) {
+            return invalid("database_url", "must be a sqlite:// path or a postgres:// URL");
+        }
+        if self.bootstrap_token.as_ref().is_some_and(|t| t.len() < 32) {
+            return invalid("bootstrap_token", "must be at least 32 characters");
+        }
+        if self.policy_resync_secs == 0 {
+            return invalid("policy_resync_secs", "must be at least 1");
         }
         for (field, name) in [
             ("header_limit", &self.header_limit),
@@ -213,6 +236,8 @@ impl fmt::Debug for Settings {
             .field("rules_dir", &self.rules_dir)
             .field("store", &redact_url(&self.store))
             .field("key_prefix", &self.key_prefix)
+            .field("database_url", &redact_url(&self.database_url))
+            .field("bootstrap_token", &self.bootstrap_token.as_ref().map(|_| "***"))
             .finish_non_exhaustive()
     }
 }

@@ -57,6 +57,8 @@ async fn envoy_enforces_tollgate_limits_and_adds_rate_limit_headers() {
         http_addr: loopback_port_0(),
         rules_dir: rules.path().to_owned(),
         watch_rules: false,
+        // The ledger is not under test here; keep it out of the working directory.
+        database_url: format!("sqlite://{}/.ledger.db", rules.path().display()),
         store_deadline_ms: 1000,
         ..Settings::default()
     };
@@ -127,6 +129,8 @@ async fn envoy_fails_closed_with_500_when_the_store_is_unreachable() {
         http_addr: loopback_port_0(),
         rules_dir: rules.path().to_owned(),
         watch_rules: false,
+        // The ledger is not under test here; keep it out of the working directory.
+        database_url: format!("sqlite://{}/.ledger.db", rules.path().display()),
         store: format!("redis://{}", closed_port()),
         store_deadline_ms: deadline.as_millis() as u64,
         ..Settings::default()

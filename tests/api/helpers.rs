@@ -43,6 +43,8 @@ pub struct TestApp {
     pub http: String,
     pub clock: ManualClock,
     pub rules: TempDir,
+    /// Holds the app's SQLite ledger.
+    pub data: TempDir,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -70,6 +72,7 @@ pub async fn spawn(yaml: &str) -> TestApp {
 /// An app with the given rule files and settings adjusted by `tweak`.
 pub async fn spawn_with(files: &[(&str, &str)], tweak: impl FnOnce(&mut Settings)) -> TestApp {
     let rules = TempDir::new().unwrap();
+    let data = TempDir::new().unwrap();
     write_rules(rules.path(), files);
     let mut settings = Settings {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
@@ -78,6 +81,7 @@ pub async fn spawn_with(files: &[(&str, &str)], tweak: impl FnOnce(&mut Settings
         // Generous: these tests check answers, not deadlines, on a busy machine.
         store_deadline_ms: 2_000,
         shutdown_grace_secs: 1,
+        database_url: format!("sqlite://{}", data.path().join("ledger.db").display()),
         ..Settings::default()
     };
     tweak(&mut settings);
@@ -100,6 +104,7 @@ pub async fn spawn_with(files: &[(&str, &str)], tweak: impl FnOnce(&mut Settings
         http,
         clock,
         rules,
+        data,
         stop: Some(stop),
         task: Some(task),
     }
