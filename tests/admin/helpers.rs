@@ -1,0 +1,265 @@
+//! A whole tollgate per test, on a fresh ledger database: a new PostgreSQL database on
+//! the shared server (dropped afterwards) or a new SQLite file, with an admin token.
+
+use std::sync::Arc;
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tollgate::app::App;
+use tollgate::clock::ManualClock;
+use tollgate::settings::Settings;
+
+/// Test time: 2026-11-22 00:00:00 UTC.
+pub const START_SECS: u64 = 1_795_305_600;
+
+/// The admin secret every test app starts with.
+pub const ADMIN: &str = "tg_test_admin_secret_0123456789abcdef0123456789";
+
+/// Which ledger database a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    Postgres,
+    Sqlite,
+}
+
+/// The shared PostgreSQL server's maintenance database.
+fn postgres_admin_url() -> String {
+    std::env::var("TOLLGATE_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A database that exists for one test.
+pub struct TestDb {
+    pub url: String,
+    name: Option<String>,
+    _dir: TempDir,
+}
+
+impl TestDb {
+    pub async fn create(db: Db) -> TestDb {
+        let dir = TempDir::new().unwrap();
+        match db {
+            Db::Sqlite => TestDb {
+                url: format!("sqlite://{}", dir.path().join("ledger.db").display()),
+                name: None,
+                _dir: dir,
+            },
+            Db::Postgres => {
+                let name = format!("tollgate_t_{}", uuid::Uuid::now_v7().simple());
+                let admin = postgres_admin_url();
+                sqlx::any::install_default_drivers();
+                let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin)
+                    .await
+                    .expect("the test PostgreSQL server is reachable");
+                sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
+                let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap();
+                TestDb {
+                    url: format!("{base}/{name}"),
+                    name: Some(name),
+                    _dir: dir,
+                }
+            }
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some(name) = self.name.take() else { return };
+        // Best effort, off the test's runtime: the database is unique, so a leftover is harmless.
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                if let Ok(mut conn) = <sqlx::AnyConnection as sqlx::Connection>::connect(&postgres_admin_url()).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await;
+                }
+            });
+        })
+        .join()
+        .ok();
+    }
+}
+
+/// A running app with an admin client.
+pub struct AdminApp {
+    pub base: String,
+    pub grpc: String,
+    pub clock: ManualClock,
+    pub db: Db,
+    pub rules: TempDir,
+    http: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    // Declared last: the app stops before its database is dropped.
+    pub database: Arc<TestDb>,
+}
+
+impl Drop for AdminApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// An app on a fresh database of kind `db`.
+pub async fn spawn(db: Db) -> AdminApp {
+    let database = Arc::new(TestDb::create(db).await);
+    spawn_on(db, database, |_| {}).await
+}
+
+/// An app on an existing test database (a second replica shares the first's).
+pub async fn spawn_on(db: Db, database: Arc<TestDb>, tweak: impl FnOnce(&mut Settings)) -> AdminApp {
+    let rules = TempDir::new().unwrap();
+    std::fs::write(
+        rules.path().join("rules.yaml"),
+        "domain: ai-gateway\ndescriptors:\n  - key: generic\n    rate_limit: {unit: second, requests_per_unit: 100}\n",
+    )
+    .unwrap();
+    let mut settings = Settings {
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        rules_dir: rules.path().to_owned(),
+        watch_rules: false,
+        store_deadline_ms: 2_000,
+        shutdown_grace_secs: 1,
+        database_url: database.url.clone(),
+        bootstrap_token: Some(ADMIN.into()),
+        ..Settings::default()
+    };
+    tweak(&mut settings);
+    let clock = ManualClock::at_secs(START_SECS);
+    let app = App::build_with_clock(settings, Arc::new(clock.clone())).await.expect("the app builds");
+    let base = format!("http://{}/v1", app.http_addr());
+    let grpc = format!("http://{}", app.grpc_addr());
+    let (stop, stopped) = oneshot::channel();
+    tokio::spawn(app.run(async {
+        let _ = stopped.await;
+    }));
+    AdminApp {
+        base,
+        grpc,
+        clock,
+        db,
+        rules,
+        http: reqwest::Client::new(),
+        stop: Some(stop),
+        database,
+    }
+}
+
+/// An HTTP answer: status and parsed JSON body (`Value::Null` when not JSON).
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Answer {
+    /// Asserts the status, showing the body when it differs.
+    #[track_caller]
+    pub fn expect(self, status: u16) -> Answer {
+        assert_eq!(self.status.as_u16(), status, "unexpected status; body: {}", self.text);
+        self
+    }
+
+    /// The error code of an error body.
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or_default()
+    }
+
+    /// The offending field of a validation error.
+    pub fn field(&self) -> &str {
+        self.body["error"]["field"].as_str().unwrap_or_default()
+    }
+}
+
+impl AdminApp {
+    /// Sends a request with `token` (if any) and an optional JSON body.
+    pub async fn send(&self, method: Method, path: &str, token: Option<&str>, body: Option<&Value>) -> Answer {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.header("content-type", "application/json").body(body.to_string());
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Answer { status, body, text }
+    }
+
+    /// Sends raw bytes with a content type (for malformed-input tests).
+    pub async fn send_raw(&self, method: Method, path: &str, token: &str, content_type: &str, body: Vec<u8>) -> Answer {
+        let response = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Answer { status, body, text }
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Answer {
+        self.send(Method::GET, path, Some(token), None).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> Answer {
+        self.send(Method::POST, path, Some(token), Some(&body)).await
+    }
+
+    pub async fn patch(&self, path: &str, token: &str, body: Value) -> Answer {
+        self.send(Method::PATCH, path, Some(token), Some(&body)).await
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> Answer {
+        self.send(Method::DELETE, path, Some(token), None).await
+    }
+
+    /// Creates a token of `role` (scoped to `tenant` for the tenant role); its secret.
+    pub async fn token(&self, role: &str, tenant: Option<&str>) -> String {
+        let mut body = serde_json::json!({"name": format!("{role} token"), "role": role});
+        if let Some(tenant) = tenant {
+            body["tenant_id"] = tenant.into();
+        }
+        let created = self.post("/tokens", ADMIN, body).await.expect(201);
+        created.body["secret"].as_str().unwrap().to_owned()
+    }
+
+    /// Creates a pending tenant with defaults.
+    pub async fn tenant(&self, id: &str) -> Value {
+        let body = serde_json::json!({"id": id, "name": format!("{id} Inc."), "currency": "USD", "timezone": "Europe/Berlin", "cost_centre": "R&D-42"});
+        self.post("/tenants", ADMIN, body).await.expect(201).body
+    }
+}
+
+/// Runs an async test body once per ledger backend.
+#[macro_export]
+macro_rules! on_both_databases {
+    ($(async fn $name:ident($db:ident: Db) $body:block)*) => {
+        $(
+            mod $name {
+                #[allow(unused_imports)]
+                use super::*;
+                async fn run($db: $crate::helpers::Db) $body
+                #[tokio::test]
+                async fn postgres() {
+                    run($crate::helpers::Db::Postgres).await
+                }
+                #[tokio::test]
+                async fn sqlite() {
+                    run($crate::helpers::Db::Sqlite).await
+                }
+            }
+        )*
+    };
+}

@@ -1,0 +1,4 @@
+//! The admin API suite: every endpoint on PostgreSQL and on SQLite.
+
+mod helpers;
+mod tenants;
