@@ -1,0 +1,18 @@
+//! Measuring tollgate: a load generator for Envoy's RateLimitService and a no-op server
+//! to compare it against in the same run.
+//!
+//! - [`scenario`]: the rules each scenario's server loads and the requests its client
+//!   sends, generated from one description so they always agree.
+//! - [`driver`]: closed-loop and fixed-rate open-loop load over many HTTP/2 connections.
+//! - [`summary`]: latency histograms, percentiles and the JSON result of one run.
+//! - [`report`]: medians over alternating rounds and ratios to the baseline, as markdown.
+//! - [`noop`]: the baseline server (same tonic stack, answers OK at once).
+//!
+//! The binaries `tollgate-load` and `noop-rls` are thin wrappers; `loadtest/run.sh`
+//! runs whole comparisons.
+
+pub mod driver;
+pub mod noop;
+pub mod report;
+pub mod scenario;
+pub mod summary;

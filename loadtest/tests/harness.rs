@@ -1,0 +1,150 @@
+//! The harness against the real thing: generated rules load in tollgate, every generated
+//! request matches a limited rule there, and the driver runs against both servers. No
+//! timing is asserted: these check that the measurement measures the right thing.
+
+use std::time::Duration;
+
+use loadtest::driver::{self, RunConfig};
+use loadtest::noop::NoopRls;
+use loadtest::scenario::{self, Generator, Params, Scenario};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tollgate::rules::load::{LoadOptions, load_dir};
+use tollgate::telemetry::Metrics;
+
+fn small() -> Params {
+    Params {
+        keys: 1000,
+        ..Params::default()
+    }
+}
+
+#[test]
+fn every_scenario_writes_rules_that_tollgate_loads() {
+    for scenario in Scenario::ALL {
+        let dir = tempfile::tempdir().unwrap();
+        scenario::write_rules(dir.path(), scenario, &small()).unwrap();
+        let rules = load_dir(dir.path(), &LoadOptions::default(), &Metrics::new())
+            .unwrap_or_else(|e| panic!("{}: {e}", scenario.name()));
+        assert_eq!(rules.domain_names(), [scenario.domain()], "{}", scenario.name());
+    }
+}
+
+#[test]
+fn rules_10k_has_the_requested_number_of_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    scenario::write_rules(dir.path(), Scenario::Rules10k, &Params::default()).unwrap();
+    let rules = load_dir(dir.path(), &LoadOptions::default(), &Metrics::new()).unwrap();
+    assert_eq!(rules.dump().lines().count(), 10_000);
+}
+
+#[test]
+fn every_generated_descriptor_matches_a_limited_rule() {
+    for scenario in Scenario::ALL {
+        let dir = tempfile::tempdir().unwrap();
+        scenario::write_rules(dir.path(), scenario, &small()).unwrap();
+        let rules = load_dir(dir.path(), &LoadOptions::default(), &Metrics::new()).unwrap();
+        let domain = rules.domain(scenario.domain()).unwrap();
+        let mut generator = Generator::new(scenario, small(), 7);
+        for _ in 0..200 {
+            let request = generator.next_request();
+            assert_eq!(request.domain, scenario.domain());
+            for descriptor in &request.descriptors {
+                let entries = descriptor.entries.iter().map(|e| (e.key.as_str(), e.value.as_str()));
+                let path = domain
+                    .find(entries)
+                    .unwrap_or_else(|| panic!("{}: {descriptor:?} matches no rule", scenario.name()));
+                let limits = &path.last().unwrap().limits;
+                assert!(
+                    limits.iter().any(|l| !l.unlimited),
+                    "{}: {descriptor:?} matches a rule without a limit",
+                    scenario.name()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn writing_rules_replaces_the_previous_scenario() {
+    let dir = tempfile::tempdir().unwrap();
+    scenario::write_rules(dir.path(), Scenario::One, &small()).unwrap();
+    scenario::write_rules(dir.path(), Scenario::Five, &small()).unwrap();
+    let rules = load_dir(dir.path(), &LoadOptions::default(), &Metrics::new()).unwrap();
+    assert_eq!(rules.domain_names(), [Scenario::Five.domain()]);
+}
+
+fn config(target: String, scenario: Scenario) -> RunConfig {
+    RunConfig {
+        target,
+        scenario,
+        params: small(),
+        connections: 2,
+        concurrency: 4,
+        warmup: Duration::from_millis(50),
+        duration: Duration::from_millis(300),
+        progress: false,
+        label: "test".into(),
+        round: 1,
+        // The servers run in this process.
+        server_pid: Some(std::process::id()),
+    }
+}
+
+#[tokio::test]
+async fn the_driver_measures_the_noop_server_in_both_loops() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(NoopRls::service())
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    let config = config(target, Scenario::Five);
+    let clients = driver::connect(&config.target, config.connections).await.unwrap();
+
+    let closed = driver::run_closed(&config, &clients).await;
+    assert!(closed.requests > 0, "{closed:?}");
+    assert_eq!((closed.errors, closed.over_limit), (0, 0), "{closed:?}");
+    assert!(closed.latency.p50_us > 0.0 && closed.latency.p50_us <= closed.latency.p999_us);
+    if cfg!(target_os = "linux") {
+        assert!(closed.client_cpu.is_some() && closed.server_cpu.is_some(), "{closed:?}");
+        assert!(closed.server_rss_mib.is_some_and(|m| m > 0.0), "{closed:?}");
+    }
+
+    let open = driver::run_open(&config, &clients, 200.0).await;
+    assert!(open.requests > 0, "{open:?}");
+    assert_eq!(open.errors, 0, "{open:?}");
+    assert_eq!(open.rate, Some(200.0));
+    // Never more answers than were due in the measured window (the pacer is not early).
+    assert!(open.requests <= 61, "{open:?}");
+    server.abort();
+}
+
+#[tokio::test]
+async fn tollgate_answers_every_token_budget_call_ok_under_the_generated_rules() {
+    let rules = tempfile::tempdir().unwrap();
+    scenario::write_rules(rules.path(), Scenario::TokenBudget, &small()).unwrap();
+    let settings = tollgate::settings::Settings {
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        rules_dir: rules.path().to_owned(),
+        watch_rules: false,
+        store_deadline_ms: 2_000,
+        shutdown_grace_secs: 1,
+        ..tollgate::settings::Settings::default()
+    };
+    let app = tollgate::app::App::build(settings).await.unwrap();
+    let target = format!("http://{}", app.grpc_addr());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run(async {
+        let _ = stopped.await;
+    }));
+    let config = config(target, Scenario::TokenBudget);
+    let clients = driver::connect(&config.target, config.connections).await.unwrap();
+    let result = driver::run_closed(&config, &clients).await;
+    assert!(result.requests > 0, "{result:?}");
+    assert_eq!((result.errors, result.over_limit), (0, 0), "{result:?}");
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}
