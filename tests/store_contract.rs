@@ -1,5 +1,8 @@
 //! One contract, two stores: every scenario below runs against the in-memory store (time
-//! moved by a `ManualClock`) and against Redis, so the two cannot drift.
+//! moved by a `ManualClock`) and against Redis, so the two cannot drift. Every counter
+//! kind is covered: fixed windows, sliding windows (given the previous window's key and
+//! weight, as the limiter gives them) and token buckets (given the time, `now_us`).
+//! `tests/store_equivalence.rs` adds random sequences run on both stores in lockstep.
 //!
 //! Redis is the one at `redis://127.0.0.1:6379` unless `TOLLGATE_TEST_REDIS_URL` says
 //! otherwise; it is shared, so each test works under its own key prefix (tests run in
@@ -17,7 +20,9 @@ use redis::aio::MultiplexedConnection;
 use tollgate::clock::ManualClock;
 use tollgate::store::keys::{counter_key, hash_tag};
 use tollgate::store::redis::RedisOptions;
-use tollgate::store::{CounterStore, CounterUpdate, MemoryStore, RedisStore, StoreError};
+use tollgate::store::{
+    CounterKind, CounterStore, CounterUpdate, MemoryStore, RedisStore, StoreError,
+};
 
 /// Generous: the machine is shared with builds, and these tests are about behaviour.
 const DEADLINE: Duration = Duration::from_secs(5);
@@ -59,6 +64,52 @@ fn read(key: &str) -> CounterUpdate {
     add(key, 0, 60)
 }
 
+/// The memory store's clock starts here; bucket times are given from the same origin so
+/// the memory store's expiry (by its clock) and the bucket's time (an argument) agree.
+const T0_SECS: u64 = 1_700_000_000;
+const T0_US: u64 = T0_SECS * 1_000_000;
+
+/// A sliding-window update as the limiter builds it: this window's key, the previous
+/// window's key and the share of the previous window still covered, in millionths.
+fn slide(
+    key: &str,
+    previous: &str,
+    previous_weight_ppm: u64,
+    hits: u64,
+    limit: u64,
+) -> CounterUpdate {
+    CounterUpdate {
+        key: key.to_owned(),
+        hits,
+        refund: false,
+        kind: CounterKind::Sliding {
+            previous_key: previous.to_owned(),
+            previous_weight_ppm,
+            ttl_secs: 120,
+            limit,
+        },
+    }
+}
+
+/// A token-bucket (GCRA) update at `now_us`.
+fn take(key: &str, hits: u64, now_us: u64, interval_us: u64, capacity: u64) -> CounterUpdate {
+    CounterUpdate {
+        key: key.to_owned(),
+        hits,
+        refund: false,
+        kind: CounterKind::Bucket {
+            now_us,
+            interval_us,
+            capacity,
+        },
+    }
+}
+
+/// Whether the limiter admits `hits` given the capacity in use before them.
+fn admits(before: u64, hits: u64, capacity: u64) -> bool {
+    before + hits <= capacity
+}
+
 /// Polls `check` until it returns true, failing the test after [`PATIENCE`].
 async fn eventually<F, Fut>(what: &str, mut check: F)
 where
@@ -90,7 +141,7 @@ struct Harness<S> {
 }
 
 fn memory() -> Harness<MemoryStore> {
-    let clock = ManualClock::at_secs(1_700_000_000);
+    let clock = ManualClock::at_secs(T0_SECS);
     let store = MemoryStore::new(Arc::new(clock.clone()));
     Harness {
         store: store.clone(),
@@ -126,10 +177,19 @@ async fn direct(url: &str) -> MultiplexedConnection {
 impl<S: CounterStore + Clone> Harness<S> {
     /// A counter key under this test's prefix, built the way the limiter builds them.
     fn key(&self, name: &str) -> String {
+        self.key_at(name, Some(0))
+    }
+
+    /// The key of `name`'s counter for the window starting at `window_start` (none for a
+    /// token bucket).
+    fn key_at(&self, name: &str, window_start: Option<u64>) -> String {
         counter_key(
             &self.prefix,
             "contract",
-            [("name", name), ("model", "m1")], "", Some(0))
+            [("name", name), ("model", "m1")],
+            "",
+            window_start,
+        )
     }
 
     async fn apply(&self, updates: &[CounterUpdate]) -> Vec<u64> {
@@ -227,6 +287,22 @@ contract!(
     counters_do_not_interfere,
     a_counter_expires_after_its_ttl_and_starts_again_from_zero,
     concurrent_increments_are_never_lost_and_the_cap_holds_exactly,
+    a_sliding_estimate_adds_the_previous_window_weighted_and_rounded_down,
+    a_sliding_window_counts_hits_only_while_the_estimate_stays_within_the_limit,
+    a_sliding_check_only_read_creates_no_counter,
+    a_sliding_refund_never_takes_the_current_window_below_zero,
+    a_sliding_counter_keeps_the_ttl_it_was_created_with,
+    a_sliding_window_keeps_about_the_limit_across_a_boundary_where_a_fixed_one_lets_twice_through,
+    a_sliding_estimate_is_exact_for_large_previous_counts,
+    concurrent_sliding_hits_admit_exactly_the_limit,
+    a_bucket_passes_a_burst_then_one_token_per_interval,
+    a_bucket_reports_tokens_in_use_rounded_up,
+    a_refused_take_consumes_nothing,
+    a_bucket_check_only_read_creates_no_counter_and_consumes_nothing,
+    a_bucket_takes_several_tokens_at_once_or_none,
+    a_bucket_refund_gives_tokens_back_but_never_beyond_capacity,
+    a_zero_bucket_interval_is_read_as_one_microsecond,
+    concurrent_takes_admit_exactly_the_capacity,
 );
 
 async fn a_counter_counts_from_zero<S: CounterStore + Clone>(h: Harness<S>) {
@@ -330,11 +406,20 @@ async fn a_batch_returns_each_value_before_its_update_in_order<S: CounterStore +
 async fn counters_do_not_interfere<S: CounterStore + Clone>(h: Harness<S>) {
     let a = h.key("a");
     let b = h.key("b");
-    let a_next_window = counter_key(&h.prefix, "contract", [("name", "a"), ("model", "m1")], "", Some(60));
+    let a_next_window = counter_key(
+        &h.prefix,
+        "contract",
+        [("name", "a"), ("model", "m1")],
+        "",
+        Some(60),
+    );
     let a_other_prefix = counter_key(
         &unique_prefix(),
         "contract",
-        [("name", "a"), ("model", "m1")], "", Some(0));
+        [("name", "a"), ("model", "m1")],
+        "",
+        Some(0),
+    );
     for _ in 0..3 {
         h.one(add(&a, 1, 60)).await;
     }
@@ -406,6 +491,560 @@ async fn concurrent_increments_are_never_lost_and_the_cap_holds_exactly<S: Count
 }
 
 // ---------------------------------------------------------------------------------------
+// Sliding window: this window's count plus the previous window's, weighted.
+// ---------------------------------------------------------------------------------------
+
+/// Keys of three consecutive one-minute windows of `name`: before last, last, this one.
+fn three_windows<S: CounterStore + Clone>(h: &Harness<S>, name: &str) -> (String, String, String) {
+    (
+        h.key_at(name, Some(0)),
+        h.key_at(name, Some(60)),
+        h.key_at(name, Some(120)),
+    )
+}
+
+/// The share of the previous window a sliding window still covers `elapsed_us` into the
+/// current one, in millionths (as the limiter computes it).
+fn weight_at(elapsed_us: u64, window_us: u64) -> u64 {
+    (window_us - elapsed_us) * 1_000_000 / window_us
+}
+
+async fn a_sliding_estimate_adds_the_previous_window_weighted_and_rounded_down<
+    S: CounterStore + Clone,
+>(
+    h: Harness<S>,
+) {
+    let (older, previous, current) = three_windows(&h, "s");
+    // The previous window filled as a current one does (its own previous empty).
+    assert_eq!(h.one(slide(&previous, &older, 0, 7, 100)).await, 0);
+    // Half the previous window still covered: 7 * 0.5 = 3.5, rounded down.
+    assert_eq!(h.one(slide(&current, &previous, 500_000, 0, 100)).await, 3);
+    assert_eq!(h.one(slide(&current, &previous, 500_000, 2, 100)).await, 3);
+    assert_eq!(h.one(slide(&current, &previous, 500_000, 0, 100)).await, 5);
+    // 7 * 0.142857 = 0.999999 counts nothing; 7 * 0.142858 = 1.000006 counts one.
+    assert_eq!(h.one(slide(&current, &previous, 142_857, 0, 100)).await, 2);
+    assert_eq!(h.one(slide(&current, &previous, 142_858, 0, 100)).await, 3);
+    // All of the previous window, and none of it.
+    assert_eq!(
+        h.one(slide(&current, &previous, 1_000_000, 0, 100)).await,
+        9
+    );
+    assert_eq!(h.one(slide(&current, &previous, 0, 0, 100)).await, 2);
+    // The counts themselves stay plain: the weight only enters the estimate.
+    assert_eq!(h.value(&previous).await, 7);
+    assert_eq!(h.value(&current).await, 2);
+}
+
+async fn a_sliding_window_counts_hits_only_while_the_estimate_stays_within_the_limit<
+    S: CounterStore + Clone,
+>(
+    mut h: Harness<S>,
+) {
+    let (older, previous, current) = three_windows(&h, "s");
+    h.one(slide(&previous, &older, 0, 10, 10)).await;
+    // 40% of the previous window still covered: estimate 4, so exactly 6 more fit.
+    assert_eq!(h.one(slide(&current, &previous, 400_000, 6, 10)).await, 4);
+    assert_eq!(h.one(slide(&current, &previous, 400_000, 1, 10)).await, 10);
+    assert_eq!(h.value(&current).await, 6, "a refused hit was counted");
+    // Later in the window less of the previous one counts (10 * 0.2 = 2): two more fit,
+    // but three at once are refused whole, not in part.
+    assert_eq!(h.one(slide(&current, &previous, 200_000, 3, 10)).await, 8);
+    assert_eq!(h.value(&current).await, 6);
+    assert_eq!(h.one(slide(&current, &previous, 200_000, 2, 10)).await, 8);
+    assert_eq!(h.value(&current).await, 8);
+    // A flood of refused hits leaves only what was admitted: with the previous window
+    // out of reach the estimate is exactly the admitted count, so it does not lock out
+    // the next window.
+    for _ in 0..20 {
+        assert_eq!(h.one(slide(&current, &previous, 200_000, 1, 10)).await, 10);
+    }
+    assert_eq!(h.one(slide(&current, &previous, 0, 0, 10)).await, 8);
+
+    // Over the limit at once on a window never hit: refused, and nothing is created.
+    let fresh = h.key_at("fresh", Some(120));
+    assert_eq!(h.one(slide(&fresh, &older, 0, 11, 10)).await, 0);
+    assert_eq!(h.value(&fresh).await, 0);
+    assert_eq!(
+        h.counters_held().await,
+        2,
+        "a refused hit created a counter"
+    );
+}
+
+async fn a_sliding_check_only_read_creates_no_counter<S: CounterStore + Clone>(mut h: Harness<S>) {
+    let (older, previous, current) = three_windows(&h, "s");
+    assert_eq!(h.one(slide(&current, &previous, 500_000, 0, 10)).await, 0);
+    assert_eq!(h.counters_held().await, 0, "a read created a counter");
+
+    h.one(slide(&previous, &older, 0, 4, 10)).await;
+    for _ in 0..3 {
+        assert_eq!(h.one(slide(&current, &previous, 500_000, 0, 10)).await, 2);
+    }
+    assert_eq!(
+        h.counters_held().await,
+        1,
+        "a read created this window's counter"
+    );
+
+    // Reads at and over the limit change nothing either.
+    assert_eq!(h.one(slide(&current, &previous, 500_000, 8, 10)).await, 2);
+    assert_eq!(h.one(slide(&current, &previous, 500_000, 0, 10)).await, 10);
+    assert_eq!(
+        h.one(slide(&current, &previous, 1_000_000, 0, 10)).await,
+        12
+    );
+    assert_eq!(h.value(&current).await, 8);
+    assert_eq!(h.value(&previous).await, 4);
+    assert_eq!(h.counters_held().await, 2);
+}
+
+async fn a_sliding_refund_never_takes_the_current_window_below_zero<S: CounterStore + Clone>(
+    mut h: Harness<S>,
+) {
+    let (older, previous, current) = three_windows(&h, "s");
+    h.one(slide(&previous, &older, 0, 6, 100)).await;
+    assert_eq!(h.one(slide(&current, &previous, 500_000, 3, 100)).await, 3);
+    // A refund answers with the estimate before it and gives back to this window only.
+    let give_back = |hits| slide(&current, &previous, 500_000, hits, 100).refunding();
+    assert_eq!(h.one(give_back(2)).await, 6);
+    assert_eq!(h.value(&current).await, 1);
+    assert_eq!(h.value(&previous).await, 6);
+    assert_eq!(h.one(give_back(5)).await, 4);
+    assert_eq!(h.value(&current).await, 0);
+    assert_eq!(h.one(give_back(5)).await, 3);
+    assert_eq!(
+        h.one(slide(&current, &previous, 500_000, 0, 100)).await,
+        3,
+        "a refund left a debt behind or took from the previous window"
+    );
+    // Refunds are not limited: one while the estimate is over the limit still counts.
+    h.one(slide(&current, &previous, 0, 4, 4)).await;
+    assert_eq!(
+        h.one(slide(&current, &previous, 1_000_000, 1, 4).refunding())
+            .await,
+        10
+    );
+    assert_eq!(h.value(&current).await, 3);
+
+    // A refund to a window never hit creates nothing.
+    let untouched = h.key_at("s", Some(180));
+    assert_eq!(
+        h.one(slide(&untouched, &current, 0, 4, 100).refunding())
+            .await,
+        0
+    );
+    assert_eq!(h.value(&untouched).await, 0);
+    assert_eq!(h.counters_held().await, 2, "a refund created a counter");
+}
+
+async fn a_sliding_counter_keeps_the_ttl_it_was_created_with<S: CounterStore + Clone>(
+    h: Harness<S>,
+) {
+    let (_, previous, current) = three_windows(&h, "short-lived");
+    let update = |hits, ttl_secs| CounterUpdate {
+        key: current.clone(),
+        hits,
+        refund: false,
+        kind: CounterKind::Sliding {
+            previous_key: previous.clone(),
+            previous_weight_ppm: 500_000,
+            ttl_secs,
+            limit: 5,
+        },
+    };
+    assert_eq!(h.one(update(2, 1)).await, 0);
+    // Admitted, refused, refunded and read: none of these may move the expiry.
+    assert_eq!(h.one(update(1, 1000)).await, 2);
+    assert_eq!(h.one(update(10, 1000)).await, 3);
+    assert_eq!(h.one(update(1, 1000).refunding()).await, 3);
+    assert_eq!(h.one(update(0, 1000)).await, 2);
+    h.outlive(&current, 1).await;
+
+    // A new life, with the full limit again.
+    assert_eq!(h.one(update(5, 1)).await, 0);
+    assert_eq!(h.value(&current).await, 5);
+    h.outlive(&current, 1).await;
+}
+
+async fn a_sliding_window_keeps_about_the_limit_across_a_boundary_where_a_fixed_one_lets_twice_through<
+    S: CounterStore + Clone,
+>(
+    h: Harness<S>,
+) {
+    const LIMIT: u64 = 10;
+    const WINDOW_US: u64 = 60_000_000;
+    const ATTEMPTS: u64 = LIMIT + 5;
+
+    // A burst in the last tenth of a second of one window, another 6 s (10%) into the
+    // next: a fixed window starts from zero at the boundary and lets both through.
+    let (fixed_then, fixed_now) = (h.key_at("fixed", Some(60)), h.key_at("fixed", Some(120)));
+    let mut fixed_passed = 0;
+    for key in [&fixed_then, &fixed_now] {
+        for _ in 0..ATTEMPTS {
+            if admits(h.one(add_capped(key, 1, LIMIT)).await, 1, LIMIT) {
+                fixed_passed += 1;
+            }
+        }
+    }
+    assert_eq!(fixed_passed, 2 * LIMIT);
+
+    // The sliding window still sees 90% of the earlier burst, so only one more passes.
+    let (older, previous, current) = three_windows(&h, "sliding");
+    let mut sliding_passed = 0;
+    let at_end = weight_at(WINDOW_US - 100_000, WINDOW_US);
+    for _ in 0..ATTEMPTS {
+        if admits(
+            h.one(slide(&previous, &older, at_end, 1, LIMIT)).await,
+            1,
+            LIMIT,
+        ) {
+            sliding_passed += 1;
+        }
+    }
+    let tenth_in = weight_at(WINDOW_US / 10, WINDOW_US);
+    assert_eq!(tenth_in, 900_000);
+    for _ in 0..ATTEMPTS {
+        if admits(
+            h.one(slide(&current, &previous, tenth_in, 1, LIMIT)).await,
+            1,
+            LIMIT,
+        ) {
+            sliding_passed += 1;
+        }
+    }
+    assert_eq!(sliding_passed, LIMIT + 1);
+
+    // Half-way through, half of the earlier burst has slid out: 10 - (5 + 1) = 4 pass.
+    let halfway = weight_at(WINDOW_US / 2, WINDOW_US);
+    let mut later = 0;
+    for _ in 0..ATTEMPTS {
+        if admits(
+            h.one(slide(&current, &previous, halfway, 1, LIMIT)).await,
+            1,
+            LIMIT,
+        ) {
+            later += 1;
+        }
+    }
+    assert_eq!(later, 4);
+}
+
+async fn a_sliding_estimate_is_exact_for_large_previous_counts<S: CounterStore + Clone>(
+    h: Harness<S>,
+) {
+    // Token counts in the tens of billions: previous * weight passes 2^53, beyond which
+    // a double (Lua's number) no longer holds every integer.
+    for (i, (previous_count, weight, estimate)) in [
+        (75_129_523_367u64, 721_188u64, 54_182_510_697u64),
+        (842_042_092_387, 424_248, 357_234_673_610),
+        (705_666_238_986, 990_217, 698_762_706_169),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        assert_eq!(
+            u128::from(previous_count) * u128::from(weight) / 1_000_000,
+            u128::from(estimate)
+        );
+        let (older, previous, current) = three_windows(&h, &format!("big-{i}"));
+        let limit = estimate + 1;
+        h.one(slide(&previous, &older, 0, previous_count, u64::MAX / 2))
+            .await;
+        assert_eq!(
+            h.one(slide(&current, &previous, weight, 0, limit)).await,
+            estimate
+        );
+        // Exactly one more fits.
+        assert_eq!(
+            h.one(slide(&current, &previous, weight, 1, limit)).await,
+            estimate
+        );
+        assert_eq!(
+            h.one(slide(&current, &previous, weight, 1, limit)).await,
+            limit
+        );
+        assert_eq!(h.value(&current).await, 1);
+    }
+}
+
+async fn concurrent_sliding_hits_admit_exactly_the_limit<S: CounterStore + Clone>(h: Harness<S>) {
+    const TASKS: u64 = 64;
+    const EACH: u64 = 4;
+    const LIMIT: u64 = 40;
+    let (older, previous, current) = three_windows(&h, "contended-sliding");
+    // Half of 20 from the previous window: 30 of the 256 attempts fit.
+    h.one(slide(&previous, &older, 0, 20, LIMIT)).await;
+
+    let mut tasks = Vec::new();
+    for _ in 0..TASKS {
+        let store = h.store.clone();
+        let update = slide(&current, &previous, 500_000, 1, LIMIT);
+        tasks.push(tokio::spawn(async move {
+            let mut admitted = Vec::new();
+            for _ in 0..EACH {
+                let before = store
+                    .apply(std::slice::from_ref(&update))
+                    .await
+                    .expect("store call")[0];
+                if admits(before, 1, LIMIT) {
+                    admitted.push(before);
+                }
+            }
+            admitted
+        }));
+    }
+    let mut admitted = Vec::new();
+    for task in tasks {
+        admitted.extend(task.await.expect("task"));
+    }
+    // Each admitted hit saw a distinct estimate: none was lost, doubled or let past.
+    admitted.sort_unstable();
+    assert_eq!(admitted, (10..LIMIT).collect::<Vec<_>>());
+    assert_eq!(h.value(&current).await, LIMIT - 10);
+}
+
+// ---------------------------------------------------------------------------------------
+// Token bucket (GCRA): the key holds the theoretical arrival time; `now_us` is given.
+// ---------------------------------------------------------------------------------------
+
+/// Ten seconds between tokens: Redis forgets a bucket by its own clock a second after it
+/// is full again *by the given time*, so intervals long next to the test's real duration
+/// keep Redis from forgetting a bucket the scenario still uses.
+const INTERVAL_US: u64 = 10_000_000;
+
+async fn a_bucket_passes_a_burst_then_one_token_per_interval<S: CounterStore + Clone>(
+    h: Harness<S>,
+) {
+    const CAPACITY: u64 = 5;
+    let key = h.key_at("bucket", None);
+    let at = |t: u64| take(&key, 1, T0_US + t, INTERVAL_US, CAPACITY);
+
+    // The whole capacity at once, and not one more.
+    for in_use in 0..CAPACITY {
+        assert_eq!(h.one(at(0)).await, in_use);
+    }
+    assert_eq!(h.one(at(0)).await, CAPACITY, "the burst went past capacity");
+    assert_eq!(
+        h.one(at(INTERVAL_US - 1)).await,
+        CAPACITY,
+        "a token came back early"
+    );
+    // One interval later exactly one more.
+    assert_eq!(h.one(at(INTERVAL_US)).await, CAPACITY - 1);
+    assert_eq!(h.one(at(INTERVAL_US)).await, CAPACITY);
+    // k intervals later, k more.
+    let k = 3;
+    let t = INTERVAL_US + k * INTERVAL_US;
+    for n in 0..k {
+        assert_eq!(h.one(at(t)).await, CAPACITY - k + n);
+    }
+    assert_eq!(h.one(at(t)).await, CAPACITY);
+    // After a long idle the bucket is full again, and holds no more than its capacity.
+    let t = t + 100 * INTERVAL_US;
+    for in_use in 0..CAPACITY {
+        assert_eq!(h.one(at(t)).await, in_use);
+    }
+    assert_eq!(h.one(at(t)).await, CAPACITY);
+}
+
+async fn a_bucket_reports_tokens_in_use_rounded_up<S: CounterStore + Clone>(h: Harness<S>) {
+    const INTERVAL: u64 = 3_000_000;
+    let key = h.key_at("rounded", None);
+    let read_at = |t: u64| take(&key, 0, T0_US + t, INTERVAL, 10);
+    assert_eq!(h.one(take(&key, 4, T0_US, INTERVAL, 10)).await, 0);
+    // In use: ceil((tat - now) / interval), with tat = T0 + 4 intervals.
+    for (t, in_use) in [
+        (0, 4),
+        (1, 4),
+        (INTERVAL - 1, 4),
+        (INTERVAL, 3),
+        (INTERVAL + 1, 3),
+        (3 * INTERVAL + 1, 1),
+        (4 * INTERVAL - 1, 1),
+        (4 * INTERVAL, 0),
+        (40 * INTERVAL, 0),
+    ] {
+        assert_eq!(h.one(read_at(t)).await, in_use, "{t} us after the take");
+    }
+
+    // An interval that is not a whole number of seconds.
+    const ODD: u64 = 3_333_333;
+    let odd = h.key_at("odd-interval", None);
+    let odd_at = |hits, t: u64| take(&odd, hits, T0_US + t, ODD, 10);
+    assert_eq!(h.one(odd_at(2, 0)).await, 0);
+    assert_eq!(h.one(odd_at(0, ODD - 1)).await, 2);
+    assert_eq!(h.one(odd_at(0, ODD)).await, 1);
+    assert_eq!(h.one(odd_at(0, 2 * ODD - 1)).await, 1);
+    assert_eq!(h.one(odd_at(0, 2 * ODD)).await, 0);
+}
+
+async fn a_refused_take_consumes_nothing<S: CounterStore + Clone>(h: Harness<S>) {
+    const CAPACITY: u64 = 3;
+    let key = h.key_at("bucket", None);
+    let at = |hits, t: u64| take(&key, hits, T0_US + t, INTERVAL_US, CAPACITY);
+    assert_eq!(h.one(at(CAPACITY, 0)).await, 0);
+    for _ in 0..10 {
+        assert_eq!(h.one(at(1, INTERVAL_US / 2)).await, CAPACITY);
+    }
+    // Had the refused takes consumed anything, no token would be back by now.
+    assert_eq!(
+        h.one(at(2, INTERVAL_US)).await,
+        CAPACITY - 1,
+        "refused: 2 + 2 > 3"
+    );
+    assert_eq!(h.one(at(1, INTERVAL_US)).await, CAPACITY - 1);
+    assert_eq!(h.one(at(1, INTERVAL_US)).await, CAPACITY);
+}
+
+async fn a_bucket_check_only_read_creates_no_counter_and_consumes_nothing<
+    S: CounterStore + Clone,
+>(
+    mut h: Harness<S>,
+) {
+    const CAPACITY: u64 = 5;
+    let key = h.key_at("bucket", None);
+    let at = |hits, t: u64| take(&key, hits, T0_US + t, INTERVAL_US, CAPACITY);
+    assert_eq!(h.one(at(0, 0)).await, 0);
+    assert_eq!(h.one(at(0, INTERVAL_US)).await, 0);
+    assert_eq!(h.counters_held().await, 0, "a read created a counter");
+
+    assert_eq!(h.one(at(2, 0)).await, 0);
+    for _ in 0..10 {
+        assert_eq!(h.one(at(0, 0)).await, 2);
+    }
+    assert_eq!(h.one(at(3, 0)).await, 2, "a read consumed a token");
+    // Reading a full bucket does not push its tokens further out either.
+    assert_eq!(h.one(at(0, 0)).await, CAPACITY);
+    assert_eq!(h.one(at(1, INTERVAL_US)).await, CAPACITY - 1);
+    assert_eq!(h.counters_held().await, 1);
+}
+
+async fn a_bucket_takes_several_tokens_at_once_or_none<S: CounterStore + Clone>(mut h: Harness<S>) {
+    const CAPACITY: u64 = 10;
+    let key = h.key_at("bucket", None);
+    let at = |hits, t: u64| take(&key, hits, T0_US + t, INTERVAL_US, CAPACITY);
+    assert_eq!(h.one(at(4, 0)).await, 0);
+    assert_eq!(h.one(at(7, 0)).await, 4, "refused: 4 + 7 > 10");
+    assert_eq!(
+        h.one(at(0, 0)).await,
+        4,
+        "a refused take consumed part of its tokens"
+    );
+    assert_eq!(h.one(at(6, 0)).await, 4);
+    assert_eq!(h.one(at(0, 0)).await, CAPACITY);
+    // Three tokens back after three intervals: three at once fit, four do not.
+    assert_eq!(h.one(at(4, 3 * INTERVAL_US)).await, CAPACITY - 3);
+    assert_eq!(h.one(at(3, 3 * INTERVAL_US)).await, CAPACITY - 3);
+    assert_eq!(h.one(at(0, 3 * INTERVAL_US)).await, CAPACITY);
+
+    // More than the capacity never fits, not even in a fresh bucket, which stays absent.
+    let fresh = h.key_at("fresh-bucket", None);
+    assert_eq!(
+        h.one(take(&fresh, CAPACITY + 1, T0_US, INTERVAL_US, CAPACITY))
+            .await,
+        0
+    );
+    assert_eq!(
+        h.one(take(&fresh, 0, T0_US, INTERVAL_US, CAPACITY)).await,
+        0
+    );
+    assert_eq!(
+        h.counters_held().await,
+        1,
+        "a refused take created a counter"
+    );
+}
+
+async fn a_bucket_refund_gives_tokens_back_but_never_beyond_capacity<S: CounterStore + Clone>(
+    mut h: Harness<S>,
+) {
+    const CAPACITY: u64 = 5;
+    let key = h.key_at("bucket", None);
+    let at = |hits, t: u64| take(&key, hits, T0_US + t, INTERVAL_US, CAPACITY);
+    assert_eq!(h.one(at(CAPACITY, 0)).await, 0);
+    assert_eq!(h.one(at(2, 0).refunding()).await, CAPACITY);
+    assert_eq!(h.one(at(0, 0)).await, 3);
+    assert_eq!(h.one(at(10, 0).refunding()).await, 3);
+    assert_eq!(
+        h.one(at(0, 0)).await,
+        0,
+        "a refund left tokens in use below zero"
+    );
+    // The refunds banked nothing beyond a full bucket.
+    for in_use in 0..CAPACITY {
+        assert_eq!(h.one(at(1, 0)).await, in_use);
+    }
+    assert_eq!(h.one(at(1, 0)).await, CAPACITY);
+
+    // Nor does a refund to a bucket that has refilled by itself.
+    let later = 100 * INTERVAL_US;
+    assert_eq!(h.one(at(3, later).refunding()).await, 0);
+    for in_use in 0..CAPACITY {
+        assert_eq!(h.one(at(1, later)).await, in_use);
+    }
+    assert_eq!(h.one(at(1, later)).await, CAPACITY);
+
+    // A refund to a bucket never used creates nothing.
+    let unused = h.key_at("unused-bucket", None);
+    assert_eq!(
+        h.one(take(&unused, 3, T0_US, INTERVAL_US, CAPACITY).refunding())
+            .await,
+        0
+    );
+    assert_eq!(h.counters_held().await, 1, "a refund created a counter");
+}
+
+async fn a_zero_bucket_interval_is_read_as_one_microsecond<S: CounterStore + Clone>(h: Harness<S>) {
+    // Not something the limiter sends (its interval is at least 1 us), but both stores
+    // must read the same update alike rather than let a zero interval mean "no limit".
+    let key = h.key_at("zero-interval", None);
+    let at = |t: u64| take(&key, 1, T0_US + t, 0, 3);
+    for in_use in 0..3 {
+        assert_eq!(h.one(at(0)).await, in_use);
+    }
+    assert_eq!(h.one(at(0)).await, 3);
+    assert_eq!(h.one(at(1)).await, 2);
+    assert_eq!(h.one(at(1)).await, 3);
+}
+
+async fn concurrent_takes_admit_exactly_the_capacity<S: CounterStore + Clone>(h: Harness<S>) {
+    const TASKS: u64 = 64;
+    const EACH: u64 = 2;
+    const CAPACITY: u64 = 50;
+    let key = h.key_at("contended-bucket", None);
+
+    let mut tasks = Vec::new();
+    for _ in 0..TASKS {
+        let store = h.store.clone();
+        // Time frozen: no token comes back while they race.
+        let update = take(&key, 1, T0_US, 1_000_000, CAPACITY);
+        tasks.push(tokio::spawn(async move {
+            let mut admitted = Vec::new();
+            for _ in 0..EACH {
+                let before = store
+                    .apply(std::slice::from_ref(&update))
+                    .await
+                    .expect("store call")[0];
+                if admits(before, 1, CAPACITY) {
+                    admitted.push(before);
+                }
+            }
+            admitted
+        }));
+    }
+    let mut admitted = Vec::new();
+    for task in tasks {
+        admitted.extend(task.await.expect("task"));
+    }
+    admitted.sort_unstable();
+    assert_eq!(admitted, (0..CAPACITY).collect::<Vec<_>>());
+    assert_eq!(
+        h.one(take(&key, 0, T0_US, 1_000_000, CAPACITY)).await,
+        CAPACITY
+    );
+}
+
+// ---------------------------------------------------------------------------------------
 // Expiry details the memory store shows through its clock.
 // ---------------------------------------------------------------------------------------
 
@@ -440,6 +1079,23 @@ async fn memory_ttl_is_set_only_when_the_counter_is_new() {
         0,
         "a later update extended the counter's life"
     );
+}
+
+#[tokio::test]
+async fn memory_a_bucket_is_forgotten_once_full_again_by_its_clock() {
+    let h = memory();
+    let Backing::Memory(store, clock) = &h.backing else {
+        unreachable!()
+    };
+    let key = h.key_at("bucket", None);
+    // Two tokens in use, one every second: full again at T0 + 2 s.
+    h.one(take(&key, 2, T0_US, 1_000_000, 5)).await;
+    clock.advance(Duration::from_secs(2));
+    store.sweep();
+    assert_eq!(store.len(), 1, "forgotten before it was full again");
+    clock.advance(Duration::from_secs(1));
+    store.sweep();
+    assert_eq!(store.len(), 0, "a full bucket was kept");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -530,11 +1186,126 @@ async fn redis_refund_and_refused_increment_create_no_key() {
 }
 
 #[tokio::test]
+async fn redis_sliding_ttl_is_set_only_when_the_key_is_new_and_a_read_creates_neither_key() {
+    let h = redis().await;
+    let mut conn = direct(&redis_url()).await;
+    let (older, previous, current) = three_windows(&h, "s");
+    assert_eq!(h.one(slide(&current, &previous, 500_000, 0, 10)).await, 0);
+    assert!(
+        !exists(&mut conn, &current).await,
+        "a read created this window's key"
+    );
+    assert!(
+        !exists(&mut conn, &previous).await,
+        "a read created the previous window's key"
+    );
+
+    h.one(slide(&previous, &older, 0, 4, 10)).await;
+    let ttl = ttl_of(&mut conn, &previous).await;
+    assert!(
+        (110..=120).contains(&ttl),
+        "new key got TTL {ttl}, wanted 120"
+    );
+
+    let with_ttl = |hits, ttl_secs| CounterUpdate {
+        key: current.clone(),
+        hits,
+        refund: false,
+        kind: CounterKind::Sliding {
+            previous_key: previous.clone(),
+            previous_weight_ppm: 500_000,
+            ttl_secs,
+            limit: 10,
+        },
+    };
+    h.one(with_ttl(1, 100)).await;
+    let _: () = redis::cmd("EXPIRE")
+        .arg(&current)
+        .arg(40)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    h.one(with_ttl(1, 1000)).await;
+    h.one(with_ttl(100, 1000)).await;
+    h.one(with_ttl(1, 1000).refunding()).await;
+    h.one(with_ttl(0, 1000)).await;
+    let ttl = ttl_of(&mut conn, &current).await;
+    assert!(
+        (1..=40).contains(&ttl),
+        "a later update moved the TTL to {ttl}"
+    );
+    // Reading through a window never touches the previous window's expiry.
+    let ttl = ttl_of(&mut conn, &previous).await;
+    assert!(
+        (110..=120).contains(&ttl),
+        "the previous window's TTL moved to {ttl}"
+    );
+    assert_eq!(h.value(&current).await, 1);
+}
+
+#[tokio::test]
+async fn redis_a_bucket_is_forgotten_a_second_after_it_is_full_again() {
+    let h = redis().await;
+    let mut conn = direct(&redis_url()).await;
+    let key = h.key_at("bucket", None);
+    // Three tokens in use, one every 10 s: full again 30 s from the given time.
+    h.one(take(&key, 3, T0_US, 10_000_000, 5)).await;
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        (29_000..=31_000).contains(&pttl),
+        "PTTL {pttl}, wanted 31000"
+    );
+    let tat: u64 = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        tat,
+        T0_US + 30_000_000,
+        "the key holds the theoretical arrival time"
+    );
+    // A read leaves both alone.
+    let _: () = redis::cmd("PEXPIRE")
+        .arg(&key)
+        .arg(20_000)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(h.one(take(&key, 0, T0_US, 10_000_000, 5)).await, 3);
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        (1..=20_000).contains(&pttl),
+        "a read moved the PTTL to {pttl}"
+    );
+}
+
+#[tokio::test]
 async fn redis_batch_spanning_two_hash_tags_applies_both() {
     let h = redis().await;
     let mut conn = direct(&redis_url()).await;
-    let acme = counter_key(&h.prefix, "d", [("tenant", "acme"), ("model", "m")], "", Some(0));
-    let other = counter_key(&h.prefix, "d", [("tenant", "other"), ("model", "m")], "", Some(0));
+    let acme = counter_key(
+        &h.prefix,
+        "d",
+        [("tenant", "acme"), ("model", "m")],
+        "",
+        Some(0),
+    );
+    let other = counter_key(
+        &h.prefix,
+        "d",
+        [("tenant", "other"), ("model", "m")],
+        "",
+        Some(0),
+    );
     assert_ne!(hash_tag(&acme), hash_tag(&other));
     assert_eq!(
         h.apply(&[add(&acme, 2, 60), add(&other, 5, 60)]).await,
@@ -828,9 +1599,27 @@ async fn redis_cluster_batch_spanning_two_slots_applies_both_groups_in_order() {
     .await;
 
     let prefix = unique_prefix();
-    let acme = counter_key(&prefix, "d", [("tenant", "acme"), ("model", "m")], "", Some(0));
-    let acme_other_model = counter_key(&prefix, "d", [("tenant", "acme"), ("model", "n")], "", Some(0));
-    let other = counter_key(&prefix, "d", [("tenant", "other"), ("model", "m")], "", Some(0));
+    let acme = counter_key(
+        &prefix,
+        "d",
+        [("tenant", "acme"), ("model", "m")],
+        "",
+        Some(0),
+    );
+    let acme_other_model = counter_key(
+        &prefix,
+        "d",
+        [("tenant", "acme"), ("model", "n")],
+        "",
+        Some(0),
+    );
+    let other = counter_key(
+        &prefix,
+        "d",
+        [("tenant", "other"), ("model", "m")],
+        "",
+        Some(0),
+    );
     let node = direct(&format!("redis://127.0.0.1:{}", cluster.ports[0])).await;
     let slot = |key: String| {
         let mut node = node.clone();

@@ -114,9 +114,12 @@ impl MemoryStore {
                 })
             }
             CounterKind::Bucket { now_us, interval_us, capacity } => self.update(&update.key, now_secs, |stored| {
+                // A zero interval reads as 1 us, as in `bucket_in_use` and the Redis script;
+                // taken as zero it would make every take free.
+                let interval = (*interval_us).max(1);
                 let tat = stored.unwrap_or(*now_us).max(*now_us);
-                let in_use = bucket_in_use(tat, *now_us, *interval_us);
-                let cost = hits.saturating_mul(*interval_us);
+                let in_use = bucket_in_use(tat, *now_us, interval);
+                let cost = hits.saturating_mul(interval);
                 let new_tat = if hits == 0 {
                     None
                 } else if update.refund {

@@ -79,10 +79,19 @@ use super::{CounterKind, CounterStore, CounterUpdate, StoreError, keys};
 /// Returns, per update, the capacity in use before it (the count, the estimate, or the
 /// tokens in use), in order. The arithmetic mirrors `MemoryStore` exactly: integers, the
 /// weighted previous count rounded down, tokens in use rounded up. Lua numbers are
-/// doubles, exact below 2^53 (microsecond timestamps are about 2^51).
+/// doubles, exact below 2^53 (microsecond timestamps are about 2^51); the weighted
+/// previous count is computed in two parts because previous count * weight passes 2^53
+/// from about nine billion (tokens), where the memory store's u128 stays exact.
 pub const APPLY_SCRIPT: &str = r#"
 local out = {}
 local k = 1
+-- floor(previous * weight / 1e6) without forming previous * weight: whole millions of
+-- the count times the weight, plus the rest's share (each product stays below 2^53
+-- while the estimate does).
+local function weighted(previous, weight)
+  local rest = math.fmod(previous, 1000000)
+  return (previous - rest) / 1000000 * weight + math.floor(rest * weight / 1000000)
+end
 local function give_back(key, raw, before, hits, hits_text)
   if raw and before > 0 then
     if hits >= before then
@@ -124,7 +133,7 @@ for i = 1, #ARGV, 6 do
     if kind == 's' then
       local previous = tonumber(redis.call('GET', KEYS[k]) or '0')
       k = k + 1
-      before = count + math.floor(previous * tonumber(ARGV[i + 5]) / 1000000)
+      before = count + weighted(previous, tonumber(ARGV[i + 5]))
       allowed = before + hits <= tonumber(ARGV[i + 4])
     else
       before = count
