@@ -43,6 +43,16 @@
 //!   reply (the old master after a failover) or a probe timeout, and the next call asks
 //!   the sentinels for the master again;
 //! - Cluster: redis' cluster connection reconnects to nodes and refreshes slots itself.
+//!
+//! # Micro-batching
+//!
+//! Concurrent requests' updates are coalesced into one script call: a request's updates
+//! go to a batcher task, which sends whatever has queued as one call, with at most
+//! [`MAX_IN_FLIGHT`] calls outstanding. An idle store sends each request at once; a busy
+//! one sends fewer, larger calls, so Redis runs one script for many requests. Decisions
+//! stay exact: the script applies the updates one after another, atomically, exactly as
+//! if the requests had been sent one by one in that order. A failed call fails every
+//! request in it.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -59,7 +69,20 @@ use redis::{
     RedisConnectionInfo, RedisError, RedisResult, Script, ScriptInvocation, TlsMode,
 };
 
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
 use super::{CounterKind, CounterStore, CounterUpdate, StoreError, keys};
+
+/// Script calls outstanding at once; requests arriving meanwhile share the next call.
+const MAX_IN_FLIGHT: usize = 4;
+/// Most updates coalesced into one script call.
+const MAX_BATCH_UPDATES: usize = 1024;
+
+/// One request's updates waiting for the batcher.
+struct Job {
+    updates: Vec<CounterUpdate>,
+    reply: oneshot::Sender<Result<Vec<u64>, StoreError>>,
+}
 
 /// Applies one request's counter updates atomically, in one round trip.
 ///
@@ -546,6 +569,8 @@ fn percent_decode(s: &str) -> Result<String, String> {
 #[derive(Clone)]
 pub struct RedisStore {
     inner: Arc<Inner>,
+    /// Requests' updates, coalesced into script calls by the batcher task.
+    jobs: mpsc::UnboundedSender<Job>,
     /// Stops the background probe when the last clone is dropped.
     _probe: Arc<AbortOnDrop>,
 }
@@ -623,8 +648,12 @@ impl RedisStore {
             );
         }
         let probe = tokio::spawn(run_probe(Arc::downgrade(&inner)));
+        let (jobs, queue) = mpsc::unbounded_channel();
+        // Ends when the last clone (and with it the sender) is dropped.
+        tokio::spawn(run_batcher(Arc::downgrade(&inner), queue));
         Ok(RedisStore {
             inner,
+            jobs,
             _probe: Arc::new(AbortOnDrop(probe.abort_handle())),
         })
     }
@@ -650,7 +679,64 @@ impl CounterStore for RedisStore {
         if updates.is_empty() {
             return Ok(Vec::new());
         }
-        let inner = &self.inner;
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            updates: updates.to_vec(),
+            reply,
+        };
+        let stopped = || StoreError::Unavailable("the Redis store is shutting down".to_owned());
+        self.jobs.send(job).map_err(|_| stopped())?;
+        answer.await.unwrap_or_else(|_| Err(stopped()))
+    }
+
+    fn is_healthy(&self) -> bool {
+        self.inner.healthy.load(Ordering::Relaxed)
+    }
+}
+
+/// Coalesces queued jobs into script calls, at most [`MAX_IN_FLIGHT`] at a time.
+async fn run_batcher(inner: Weak<Inner>, mut queue: mpsc::UnboundedReceiver<Job>) {
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    while let Some(first) = queue.recv().await {
+        // While every call slot is busy, more jobs queue up and join this batch.
+        let Ok(slot) = in_flight.clone().acquire_owned().await else { return };
+        let mut size = first.updates.len();
+        let mut batch = vec![first];
+        while size < MAX_BATCH_UPDATES {
+            match queue.try_recv() {
+                Ok(job) => {
+                    size += job.updates.len();
+                    batch.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        tokio::spawn(async move {
+            let _slot = slot;
+            let sizes: Vec<usize> = batch.iter().map(|job| job.updates.len()).collect();
+            let updates: Vec<CounterUpdate> = batch.iter_mut().flat_map(|job| std::mem::take(&mut job.updates)).collect();
+            match inner.call(&updates).await {
+                Ok(values) => {
+                    let mut values = values.into_iter();
+                    for (job, n) in batch.into_iter().zip(sizes) {
+                        let _ = job.reply.send(Ok(values.by_ref().take(n).collect()));
+                    }
+                }
+                Err(error) => {
+                    for job in batch {
+                        let _ = job.reply.send(Err(error.clone()));
+                    }
+                }
+            }
+        });
+    }
+}
+
+impl Inner {
+    /// One script call for `updates`, bounded by the deadline; records health.
+    async fn call(&self, updates: &[CounterUpdate]) -> Result<Vec<u64>, StoreError> {
+        let inner = self;
         let result = match tokio::time::timeout(inner.deadline, inner.backend.apply(updates)).await
         {
             Ok(Ok(values)) if values.len() == updates.len() => Ok(values),
@@ -664,10 +750,6 @@ impl CounterStore for RedisStore {
         };
         inner.healthy.store(result.is_ok(), Ordering::Relaxed);
         result
-    }
-
-    fn is_healthy(&self) -> bool {
-        self.inner.healthy.load(Ordering::Relaxed)
     }
 }
 

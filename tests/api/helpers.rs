@@ -44,7 +44,7 @@ pub struct TestApp {
     pub clock: ManualClock,
     pub rules: TempDir,
     /// Holds the app's SQLite ledger.
-    pub data: TempDir,
+    pub _ledger_dir: TempDir,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -104,7 +104,7 @@ pub async fn spawn_with(files: &[(&str, &str)], tweak: impl FnOnce(&mut Settings
         http,
         clock,
         rules,
-        data,
+        _ledger_dir: data,
         stop: Some(stop),
         task: Some(task),
     }
