@@ -1,4 +1,5 @@
-//! Wires settings into a running service: rules, store, limiter, gRPC and HTTP servers.
+//! Wires settings into a running service: rules, store, ledger, policy, limiter, gRPC and
+//! HTTP servers.
 //!
 //! [`App::build`] binds both listeners (port 0 works, for tests) and loads everything;
 //! [`App::run`] serves until the shutdown future resolves, then shuts down in order:
@@ -24,6 +25,7 @@ use crate::edge::grpc::RateLimitGrpc;
 use crate::edge::health::Health;
 use crate::edge::http::{self, HttpState};
 use crate::limiter::Limiter;
+use crate::policy::{self, PolicyLoader};
 use crate::rules::watch::{self, CurrentRules, RulesWatcher};
 use crate::settings::{Settings, redact_url};
 use crate::store::{MemoryStore, RedisStore, Store};
@@ -44,6 +46,8 @@ pub struct App {
     metrics: Metrics,
     background: Vec<tokio::task::JoinHandle<()>>,
     _watcher: Option<RulesWatcher>,
+    /// Keeps the limiter's tenant policy in step with the ledger; stops when dropped.
+    policy: PolicyLoader,
 }
 
 impl App {
@@ -87,7 +91,13 @@ impl App {
         tracing::info!(store = %redact_url(&settings.store), "counter store ready");
 
         let ledger = open_ledger(&settings, clock.clone()).await?;
-        let limiter = Arc::new(Limiter::new(rules, store, clock, metrics.clone(), settings.limiter_options()));
+        let resync = Duration::from_secs(settings.policy_resync_secs);
+        let policy = policy::start(ledger.clone(), resync, metrics.policy.clone())
+            .await
+            .context("cannot load the tenant policy from the ledger")?;
+        let limiter = Limiter::new(rules, store, clock, metrics.clone(), settings.limiter_options())
+            .with_policy(policy.current().clone());
+        let limiter = Arc::new(limiter);
         let grpc_listener = TcpListener::bind(settings.grpc_addr)
             .await
             .with_context(|| format!("cannot listen for gRPC on {}", settings.grpc_addr))?;
@@ -106,6 +116,7 @@ impl App {
             metrics,
             background,
             _watcher: watcher,
+            policy,
         })
     }
 
@@ -140,6 +151,7 @@ impl App {
             metrics,
             mut background,
             _watcher,
+            policy,
         } = self;
         let (reporter, health_service) = tonic_health::server::health_reporter();
         let health = Health::new(limiter.clone(), reporter, settings.healthy_requires_rules);
@@ -181,6 +193,7 @@ impl App {
             tracing::warn!(?grace, "in-flight calls did not finish in time");
         }
         background.iter().for_each(tokio::task::JoinHandle::abort);
+        drop(policy);
         tracing::info!("stopped");
         Ok(())
     }

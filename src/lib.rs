@@ -4,7 +4,10 @@
 //! - [`edge`]: the gRPC service Envoy calls and the HTTP side; converts wire types.
 //! - [`rules`]: the YAML rule files, compiled into a matching tree and hot-reloaded.
 //! - [`limiter`]: matches descriptors, charges counters, forms the decision. Transport-free.
+//!   In a domain with a `quota:` block it first checks tenants against the [`policy`].
 //! - [`store`]: where counters live: embedded memory or Redis.
+//! - [`policy`]: the ledger's tenants compiled into an in-memory snapshot, reloaded on
+//!   every ledger change (all replicas) and periodically.
 //!
 //! Around them: [`settings`] (layered configuration), [`telemetry`] (logs and metrics),
 //! [`clock`] (injectable time) and [`app`] (wires everything and runs it).
@@ -20,3 +23,4 @@ pub mod settings;
 pub mod admin;
 pub mod ledger;
 pub mod money;
+pub mod policy;

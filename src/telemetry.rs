@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use metrics::{Counter, Histogram, Key, Label, Metadata, Recorder};
+use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
 /// Most distinct runtime-valued series (from `detailed_metric`, `value_to_metric` and
@@ -52,6 +52,21 @@ pub struct ServiceStats {
     pub response_time: Histogram,
 }
 
+/// The in-memory policy's reloads and the quota checks' refusals (see `policy`).
+#[derive(Clone)]
+pub struct PolicyStats {
+    /// A policy snapshot was loaded from the ledger and swapped in.
+    pub reload_success: Counter,
+    /// A reload failed; the previous snapshot stays in force.
+    pub reload_error: Counter,
+    /// Tenants in the snapshot in force.
+    pub tenants: Gauge,
+    /// Descriptors refused because the tenant is unknown, pending or suspended.
+    pub refused_tenant_not_active: Counter,
+    /// Descriptors refused because the model is not granted to the tenant.
+    pub refused_model_not_approved: Counter,
+}
+
 /// This app's metrics registry and its Prometheus rendering.
 #[derive(Clone)]
 pub struct Metrics {
@@ -59,6 +74,7 @@ pub struct Metrics {
     handle: PrometheusHandle,
     runtime_series: Arc<AtomicUsize>,
     pub service: ServiceStats,
+    pub policy: PolicyStats,
 }
 
 impl Default for Metrics {
@@ -89,11 +105,23 @@ impl Metrics {
             response_time: recorder
                 .register_histogram(&Key::from_parts("ratelimit_service_response_time_seconds", method), &METADATA),
         };
+        let refused = |reason: &'static str| {
+            let labels = vec![Label::new("reason", reason)];
+            recorder.register_counter(&Key::from_parts("tollgate_quota_refused", labels), &METADATA)
+        };
+        let policy = PolicyStats {
+            reload_success: plain("tollgate_policy_reload_success"),
+            reload_error: plain("tollgate_policy_reload_error"),
+            tenants: recorder.register_gauge(&Key::from_name("tollgate_policy_tenants"), &METADATA),
+            refused_tenant_not_active: refused("tenant_not_active"),
+            refused_model_not_approved: refused("model_not_approved"),
+        };
         Self {
             recorder: Arc::new(recorder),
             handle,
             runtime_series: Arc::new(AtomicUsize::new(0)),
             service,
+            policy,
         }
     }
 

@@ -129,6 +129,7 @@ pub fn response_to_wire(decision: Decision) -> RateLimitResponse {
             })
             .collect(),
         dynamic_metadata: decision.dynamic_metadata.map(struct_from_json),
+        raw_body: decision.raw_body.map(String::into_bytes).unwrap_or_default(),
         ..RateLimitResponse::default()
     }
 }
@@ -139,7 +140,7 @@ fn status_to_wire(status: Status) -> DescriptorStatus {
         current_limit: status.current_limit.map(|l| RateLimit {
             name: l.name.unwrap_or_default(),
             requests_per_unit: l.requests_per_unit,
-            unit: unit_to_wire(l.unit) as i32,
+            unit: l.unit.map_or(WireUnit::Unknown, unit_to_wire) as i32,
         }),
         limit_remaining: status.limit_remaining,
         duration_until_reset: status.duration_until_reset.map(|secs| pbuf::Duration {

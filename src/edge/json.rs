@@ -136,7 +136,28 @@ pub fn response_json(decision: &Decision) -> Value {
     if let Some(meta) = &decision.dynamic_metadata {
         out.insert("dynamicMetadata".into(), Value::Object(meta.clone()));
     }
+    if let Some(body) = &decision.raw_body {
+        // proto3 JSON writes `bytes` in base64.
+        out.insert("rawBody".into(), json!(base64(body.as_bytes())));
+    }
     Value::Object(out)
+}
+
+/// Standard base64 with padding (RFC 4648), as proto3 JSON writes `bytes`.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, &b)| n | (u32::from(b) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 fn status_json(status: &Status) -> Value {
@@ -150,7 +171,9 @@ fn status_json(status: &Status) -> Value {
         if limit.requests_per_unit != 0 {
             l.insert("requestsPerUnit".into(), json!(limit.requests_per_unit));
         }
-        l.insert("unit".into(), json!(limit.unit.name()));
+        if let Some(unit) = limit.unit {
+            l.insert("unit".into(), json!(unit.name()));
+        }
         out.insert("currentLimit".into(), Value::Object(l));
     }
     if status.limit_remaining != 0 {
@@ -195,6 +218,36 @@ mod tests {
     }
 
     #[test]
+    fn base64_matches_rfc_4648_test_vectors() {
+        let vectors = [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE="), ("foobar", "Zm9vYmFy")];
+        for (plain, encoded) in vectors {
+            assert_eq!(base64(plain.as_bytes()), encoded);
+        }
+    }
+
+    #[test]
+    fn a_raw_body_is_base64_and_a_unitless_limit_omits_its_unit() {
+        let decision = Decision {
+            overall_code: Code::OverLimit,
+            statuses: vec![Status {
+                code: Code::OverLimit,
+                current_limit: Some(crate::limiter::CurrentLimit {
+                    requests_per_unit: 0,
+                    unit: None,
+                    name: Some("tenant_not_active".into()),
+                }),
+                ..Status::default()
+            }],
+            raw_body: Some("{}".into()),
+            ..Decision::default()
+        };
+        assert_eq!(
+            response_json(&decision),
+            json!({"overallCode":"OVER_LIMIT","statuses":[{"code":"OVER_LIMIT","currentLimit":{"name":"tenant_not_active"}}],"rawBody":"e30="})
+        );
+    }
+
+    #[test]
     fn unknown_fields_are_rejected() {
         assert!(serde_json::from_str::<JsonRequest>(r#"{"domain":"d","bogus":1}"#).is_err());
     }
@@ -207,7 +260,7 @@ mod tests {
                 code: Code::OverLimit,
                 current_limit: Some(crate::limiter::CurrentLimit {
                     requests_per_unit: 5,
-                    unit: Unit::Minute,
+                    unit: Some(Unit::Minute),
                     name: None,
                 }),
                 limit_remaining: 0,

@@ -8,6 +8,7 @@
 //! `LISTEN/NOTIFY` reaches every replica; SQLite is one process).
 
 pub mod audit;
+pub mod follow;
 pub mod tenants;
 pub mod tokens;
 
@@ -64,6 +65,8 @@ pub struct Ledger {
     url: String,
     clock: SharedClock,
     changes: broadcast::Sender<()>,
+    /// Read-your-writes for this process's policy (see [`follow`]).
+    follow: std::sync::Arc<follow::Tracker>,
 }
 
 impl Ledger {
@@ -96,6 +99,7 @@ impl Ledger {
             url,
             clock,
             changes,
+            follow: follow::Tracker::new(),
         })
     }
 
@@ -125,17 +129,25 @@ impl Ledger {
         Ok(self.pool.begin().await?)
     }
 
-    /// Commits a change and announces it to every replica's policy.
+    /// Commits a change and announces it to every replica's policy. Returns once this
+    /// process's policy has applied it (bounded by [`follow::APPLY_WAIT`]).
     pub async fn commit_change(&self, mut tx: Transaction<'static, Any>) -> Result<(), LedgerError> {
         if self.backend == Backend::Postgres {
-            // Delivered by PostgreSQL at commit, to every listening replica (this one too).
+            // Delivered by PostgreSQL at commit, to every listening replica.
             sqlx::query("SELECT pg_notify($1, '')").bind(CHANGES_CHANNEL).execute(&mut *tx).await?;
-            tx.commit().await?;
-        } else {
-            tx.commit().await?;
-            let _ = self.changes.send(());
         }
+        tx.commit().await?;
+        // Announced here too, so this replica does not depend on its listener for its own writes.
+        let seq = self.follow.record();
+        let _ = self.changes.send(());
+        self.follow.wait_applied(seq).await;
         Ok(())
+    }
+
+    /// Registers the in-memory policy as following this ledger's changes, so that
+    /// [`Ledger::commit_change`] returns only once its change is applied.
+    pub fn follow(&self) -> follow::ChangeFollower {
+        follow::ChangeFollower::new(self.follow.clone())
     }
 
     /// Announcements of committed changes. With PostgreSQL they come from every replica;

@@ -5,6 +5,7 @@
 //! to the store as one batch.
 
 pub mod accounting;
+pub mod quota;
 pub mod request;
 pub mod window;
 
@@ -16,7 +17,9 @@ use serde_json::{Map, Value, json};
 
 pub use self::request::{Code, CurrentLimit, DecideError, Decision, Descriptor, LimitOverride, Request, Status};
 use self::window::Window;
+use self::quota::Refusal;
 use crate::clock::SharedClock;
+use crate::policy::{self, CurrentPolicy};
 use crate::rules::tree::{Algorithm, Period};
 use crate::rules::watch::CurrentRules;
 use crate::rules::{Domain, Limit, Node, Unit};
@@ -76,6 +79,8 @@ pub struct Limiter {
     options: LimiterOptions,
     /// Keys known to be over limit; a key names its window, so stale entries never match.
     over_limit_cache: Option<quick_cache::sync::Cache<String, ()>>,
+    /// Tenants and their grants, for domains with a `quota:` block.
+    policy: CurrentPolicy,
 }
 
 /// The limits in force for one descriptor, once matching and `replaces` are done.
@@ -85,6 +90,8 @@ enum Applied<'r> {
     /// Matched an `unlimited` rule.
     Unlimited,
     Limited(Limited<'r>),
+    /// Refused by a quota domain's tenant checks, before any rule.
+    Refused(Refusal<'r>),
 }
 
 struct Limited<'r> {
@@ -99,6 +106,13 @@ impl<'r> Applied<'r> {
     fn node(&self) -> Option<&'r Node> {
         match self {
             Applied::Limited(l) => l.node,
+            _ => None,
+        }
+    }
+
+    fn refusal(&self) -> Option<&Refusal<'r>> {
+        match self {
+            Applied::Refused(r) => Some(r),
             _ => None,
         }
     }
@@ -147,7 +161,19 @@ impl Limiter {
             metrics,
             options,
             over_limit_cache,
+            policy: policy::empty(),
         }
+    }
+
+    /// Reads tenants from `policy` in quota domains (without it, every tenant is unknown).
+    pub fn with_policy(mut self, policy: CurrentPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The policy in force (for tests and diagnostics).
+    pub fn policy(&self) -> &CurrentPolicy {
+        &self.policy
     }
 
     /// The rules in force (for the config dump and tests).
@@ -174,12 +200,23 @@ impl Limiter {
             self.metrics.domain_not_found(request.domain).increment(n as u64);
             return Ok(self.finish(request, &[], vec![Status::default(); n]));
         };
+        // Quota domains check tenants first; the snapshot is only borrowed while they do.
+        let policy = domain.quota.as_ref().map(|keys| (keys, self.policy.load()));
         let mut applied = request
             .descriptors
             .iter()
             .enumerate()
-            .map(|(index, d)| self.resolve(domain, d, index))
+            .map(|(index, d)| {
+                if let Some((keys, policy)) = &policy
+                    && let Some(Err(refusal)) = quota::admit(keys, policy, d)
+                {
+                    refusal.count(&self.metrics.policy);
+                    return Ok(Applied::Refused(refusal));
+                }
+                self.resolve(domain, d, index)
+            })
             .collect::<Result<Vec<_>, _>>()?;
+        drop(policy);
         drop_replaced(&mut applied);
 
         let nanos = self.clock.now_nanos();
@@ -210,6 +247,7 @@ impl Limiter {
             .zip(&plans)
             .map(|((descriptor, applied), plans)| match applied {
                 Applied::Free => Status::default(),
+                Applied::Refused(refusal) => refusal.status(),
                 Applied::Unlimited => Status {
                     limit_remaining: u32::MAX,
                     ..Status::default()
@@ -221,7 +259,15 @@ impl Limiter {
             })
             .collect();
         let nodes: Vec<Option<&Node>> = applied.iter().map(Applied::node).collect();
-        Ok(self.finish(request, &nodes, statuses))
+        let mut decision = self.finish(request, &nodes, statuses);
+        if decision.overall_code == Code::OverLimit
+            && let Some(refusal) = applied.iter().find_map(Applied::refusal)
+        {
+            decision.raw_body = Some(refusal.body());
+            // Envoy lets this replace the text/plain of its local reply.
+            decision.response_headers.push(("content-type".into(), "application/json".into()));
+        }
+        Ok(decision)
     }
 
     /// Counts the hits in the statistics and lays out the store update for one limit.
@@ -333,7 +379,7 @@ impl Limiter {
             code: verdict.code,
             current_limit: Some(CurrentLimit {
                 requests_per_unit: limit.requests_per_unit,
-                unit: limit.unit,
+                unit: Some(limit.unit),
                 name: limit.name.clone(),
             }),
             limit_remaining: u32::try_from(verdict.remaining).unwrap_or(u32::MAX),
@@ -500,6 +546,7 @@ impl Limiter {
             statuses,
             response_headers,
             dynamic_metadata,
+            raw_body: None,
         }
     }
 }

@@ -46,7 +46,9 @@ pub enum Code {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CurrentLimit {
     pub requests_per_unit: u32,
-    pub unit: Unit,
+    /// `None` (the wire's UNKNOWN) for a refusal that is no windowed limit, such as a
+    /// quota domain's `tenant_not_active`.
+    pub unit: Option<Unit>,
     pub name: Option<String>,
 }
 
@@ -68,6 +70,8 @@ pub struct Decision {
     pub statuses: Vec<Status>,
     pub response_headers: Vec<(String, String)>,
     pub dynamic_metadata: Option<Map<String, Value>>,
+    /// A body for Envoy to answer an OVER_LIMIT call with (a quota refusal's JSON).
+    pub raw_body: Option<String>,
 }
 
 /// Why a call could not be decided. These become gRPC errors, so Envoy's

@@ -33,6 +33,14 @@ pub const VALID_KEYS: &[&str] = &[
     "burst",
     "calendar",
     "timezone",
+    // tollgate's per-domain quota block (top level only; see `rules::quota`).
+    "quota",
+    "tenant_key",
+    "session_key",
+    "model_key",
+    "token_type_key",
+    "request_id_key",
+    "estimate_key",
 ];
 
 /// One file: a domain and its descriptor tree.
@@ -42,6 +50,10 @@ pub struct RulesFile {
     pub domain: String,
     #[serde(default)]
     pub descriptors: Vec<DescriptorYaml>,
+    /// tollgate: the domain's quota keys, compiled by `rules::quota` (`Some(Null)` for a
+    /// bare `quota:`, which is an error there rather than silently absent).
+    #[serde(default, deserialize_with = "present")]
+    pub quota: Option<Value>,
 }
 
 /// One node of the descriptor tree.
@@ -137,6 +149,11 @@ fn scalar<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
         .unwrap_or_default())
 }
 
+/// Any value, kept as given; `Some` even for an explicit null.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
 fn optional_scalar<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     Ok(Option::<Scalar>::deserialize(d)?.map(Scalar::into_text))
 }
@@ -152,6 +169,8 @@ pub enum FileError {
     KeyNotString(String),
     #[error("config error, yaml file contains list of type other than map: {0}")]
     ListOfNonMap(String),
+    #[error("config error, quota is only allowed at the top level of a file, beside domain")]
+    MisplacedQuota,
 }
 
 /// Parses a file's text: syntax, then key names, then types.
@@ -161,11 +180,12 @@ pub fn parse(text: &str) -> Result<RulesFile, FileError> {
         // An empty file: the loader reports its missing domain.
         return Ok(RulesFile::default());
     }
-    check_keys(&value)?;
+    check_keys(&value, true)?;
     Ok(serde_norway::from_value(value)?)
 }
 
-fn check_keys(value: &Value) -> Result<(), FileError> {
+/// Checks every key at and below `value`; `top` is the file's own mapping.
+fn check_keys(value: &Value, top: bool) -> Result<(), FileError> {
     match value {
         Value::Mapping(map) => {
             for (key, child) in map {
@@ -175,14 +195,19 @@ fn check_keys(value: &Value) -> Result<(), FileError> {
                 if !VALID_KEYS.contains(&key.as_str()) {
                     return Err(FileError::UnknownKey(key.clone()));
                 }
-                if key != "metadata" {
-                    check_keys(child)?;
+                // A misplaced quota block would silently turn tenant checks off: rejected,
+                // unlike other known keys. Its fields are checked when it is compiled.
+                if key == "quota" && !top {
+                    return Err(FileError::MisplacedQuota);
+                }
+                if key != "metadata" && key != "quota" {
+                    check_keys(child, false)?;
                 }
             }
             Ok(())
         }
         Value::Sequence(items) => items.iter().try_for_each(|item| match item {
-            Value::Mapping(_) => check_keys(item),
+            Value::Mapping(_) => check_keys(item, false),
             other => Err(FileError::ListOfNonMap(scalar_text(other))),
         }),
         _ => Ok(()),

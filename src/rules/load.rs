@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use super::file::{self, DescriptorYaml, RulesFile};
 use super::pattern::Pattern;
+use super::quota::QuotaKeys;
 use super::tree::{Algorithm, Domain, Level, Limit, Node, Period, RuleSet};
 use super::unit::Unit;
 use crate::telemetry::Metrics;
@@ -101,6 +102,8 @@ pub fn compile(
 ) -> Result<RuleSet, LoadErrors> {
     let mut errors = Vec::new();
     let mut domains: HashMap<String, (PathBuf, Level)> = HashMap::new();
+    // The domains with a `quota:` block, and the file that declared it.
+    let mut quotas: HashMap<String, (PathBuf, QuotaKeys)> = HashMap::new();
     for (path, text) in sources {
         let mut report = |message: String| {
             errors.push(LoadError {
@@ -140,6 +143,23 @@ pub fn compile(
                 (Some(level), errs)
             }
         };
+        if let Some(block) = &parsed.quota {
+            match QuotaKeys::from_yaml(block) {
+                // Reported beside the file's other errors; any error rejects the set.
+                Err(e) => report(e),
+                Ok(_) if quotas.contains_key(&parsed.domain) => {
+                    let first = &quotas[&parsed.domain].0;
+                    report(format!(
+                        "domain '{}' already has a quota block (in {}); declare it in one file only",
+                        parsed.domain,
+                        first.display()
+                    ));
+                }
+                Ok(keys) => {
+                    quotas.insert(parsed.domain.clone(), (path.clone(), keys));
+                }
+            }
+        }
         let ok = file_errors.is_empty();
         file_errors.into_iter().for_each(&mut report);
         if let (Some(level), true) = (level, ok) {
@@ -152,7 +172,10 @@ pub fn compile(
     Ok(RuleSet::new(
         domains
             .into_iter()
-            .map(|(name, (_, root))| (name.clone(), Domain { name, root }))
+            .map(|(name, (_, root))| {
+                let quota = quotas.remove(&name).map(|(_, keys)| keys);
+                (name.clone(), Domain { name, root, quota })
+            })
             .collect(),
     ))
 }
@@ -519,6 +542,46 @@ descriptors:
         .unwrap_err();
         assert_eq!(errors.0.len(), 2, "{errors}");
         assert!(errors.0.iter().all(|e| e.file == Path::new("r.yaml")));
+    }
+
+    #[test]
+    fn a_quota_block_is_compiled_with_its_defaults() {
+        let rules = compile_one("domain: d\nquota: {model_key: llm}\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 1}\n").unwrap();
+        let quota = rules.domain("d").unwrap().quota.clone().unwrap();
+        assert_eq!((quota.tenant.as_str(), quota.model.as_str()), ("tenant_id", "llm"));
+        assert_eq!(limit_at(&rules, "d", &[("k", "v")]), Some(1));
+        let plain = compile_one("domain: d\ndescriptors:\n  - key: k\n").unwrap();
+        assert!(plain.domain("d").unwrap().quota.is_none());
+    }
+
+    #[test]
+    fn a_bad_quota_block_names_the_file_and_field() {
+        let errors = compile_one("domain: d\nquota: {tenant_key: ''}\n").unwrap_err();
+        assert_eq!(errors.0[0].file, Path::new("r.yaml"));
+        assert!(errors.0[0].message.contains("quota.tenant_key must not be empty"), "{errors}");
+        let errors = compile_one("domain: d\nquota: {tenant: x}\n").unwrap_err();
+        assert!(errors.0[0].message.contains("quota: unknown field 'tenant'"), "{errors}");
+        let errors = compile_one("domain: d\nquota:\n").unwrap_err();
+        assert!(errors.0[0].message.contains("quota must be a mapping"), "{errors}");
+    }
+
+    #[test]
+    fn a_quota_block_inside_a_descriptor_is_rejected() {
+        let errors = compile_one("domain: d\ndescriptors:\n  - key: k\n    quota: {}\n").unwrap_err();
+        assert!(errors.0[0].message.contains("quota is only allowed at the top level"), "{errors}");
+    }
+
+    #[test]
+    fn merged_files_may_declare_quota_once() {
+        let a = (PathBuf::from("a.yaml"), "domain: d\nquota: {}\ndescriptors:\n  - key: a\n".to_owned());
+        let b = (PathBuf::from("b.yaml"), "domain: d\ndescriptors:\n  - key: b\n".to_owned());
+        let c = (PathBuf::from("c.yaml"), "domain: d\nquota: {}\n".to_owned());
+        let merge = LoadOptions { merge_domains: true };
+        let rules = compile(&[a.clone(), b], &merge, &Metrics::new()).unwrap();
+        assert!(rules.domain("d").unwrap().quota.is_some());
+        let errors = compile(&[a, c], &merge, &Metrics::new()).unwrap_err();
+        assert_eq!(errors.0[0].file, Path::new("c.yaml"));
+        assert!(errors.0[0].message.contains("already has a quota block (in a.yaml)"), "{errors}");
     }
 
     #[test]

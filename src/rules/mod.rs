@@ -7,11 +7,13 @@
 mod file;
 pub mod load;
 mod pattern;
+pub mod quota;
 pub mod tree;
 pub mod unit;
 pub mod watch;
 
 pub use load::{LoadError, LoadErrors, LoadOptions};
 pub use pattern::Pattern;
+pub use quota::QuotaKeys;
 pub use tree::{Domain, Limit, Node, RuleSet};
 pub use unit::Unit;

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::pattern::Pattern;
+use super::quota::QuotaKeys;
 use super::unit::Unit;
 use crate::telemetry::RuleStats;
 
@@ -60,6 +61,8 @@ impl RuleSet {
 pub struct Domain {
     pub name: String,
     pub(crate) root: Level,
+    /// tollgate: the descriptor keys of tenant traffic, when the file has a `quota:` block.
+    pub quota: Option<QuotaKeys>,
 }
 
 impl Domain {

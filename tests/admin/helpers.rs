@@ -3,13 +3,22 @@
 
 use std::sync::Arc;
 
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tollgate::app::App;
 use tollgate::clock::ManualClock;
+use tollgate::ledger::Ledger;
 use tollgate::settings::Settings;
+use tonic::transport::Channel;
+
+/// The domain of the test rules: a quota domain (`quota: {}`) with one ordinary rule.
+pub const DOMAIN: &str = "ai-gateway";
 
 /// Test time: 2026-11-22 00:00:00 UTC.
 pub const START_SECS: u64 = 1_795_305_600;
@@ -88,7 +97,11 @@ pub struct AdminApp {
     pub clock: ManualClock,
     pub db: Db,
     pub rules: TempDir,
+    /// The app's own ledger handle: a change committed through it is in force in this
+    /// app's decisions when the commit returns.
+    pub ledger: Ledger,
     http: reqwest::Client,
+    rls: RateLimitServiceClient<Channel>,
     stop: Option<oneshot::Sender<()>>,
     // Declared last: the app stops before its database is dropped.
     pub database: Arc<TestDb>,
@@ -113,7 +126,7 @@ pub async fn spawn_on(db: Db, database: Arc<TestDb>, tweak: impl FnOnce(&mut Set
     let rules = TempDir::new().unwrap();
     std::fs::write(
         rules.path().join("rules.yaml"),
-        "domain: ai-gateway\ndescriptors:\n  - key: generic\n    rate_limit: {unit: second, requests_per_unit: 100}\n",
+        "domain: ai-gateway\nquota: {}\ndescriptors:\n  - key: generic\n    rate_limit: {unit: second, requests_per_unit: 100}\n",
     )
     .unwrap();
     let mut settings = Settings {
@@ -132,6 +145,8 @@ pub async fn spawn_on(db: Db, database: Arc<TestDb>, tweak: impl FnOnce(&mut Set
     let app = App::build_with_clock(settings, Arc::new(clock.clone())).await.expect("the app builds");
     let base = format!("http://{}/v1", app.http_addr());
     let grpc = format!("http://{}", app.grpc_addr());
+    let ledger = app.ledger().clone();
+    let rls = RateLimitServiceClient::new(Channel::from_shared(grpc.clone()).unwrap().connect_lazy());
     let (stop, stopped) = oneshot::channel();
     tokio::spawn(app.run(async {
         let _ = stopped.await;
@@ -142,7 +157,9 @@ pub async fn spawn_on(db: Db, database: Arc<TestDb>, tweak: impl FnOnce(&mut Set
         clock,
         db,
         rules,
+        ledger,
         http: reqwest::Client::new(),
+        rls,
         stop: Some(stop),
         database,
     }
@@ -233,6 +250,22 @@ impl AdminApp {
         }
         let created = self.post("/tokens", ADMIN, body).await.expect(201);
         created.body["secret"].as_str().unwrap().to_owned()
+    }
+
+    /// Calls `ShouldRateLimit` in [`DOMAIN`] with one descriptor per entry list.
+    pub async fn decide(&self, descriptors: &[&[(&str, &str)]]) -> RateLimitResponse {
+        let request = RateLimitRequest {
+            domain: DOMAIN.into(),
+            descriptors: descriptors
+                .iter()
+                .map(|entries| RateLimitDescriptor {
+                    entries: entries.iter().map(|(k, v)| Entry { key: (*k).into(), value: (*v).into() }).collect(),
+                    ..RateLimitDescriptor::default()
+                })
+                .collect(),
+            hits_addend: 0,
+        };
+        self.rls.clone().should_rate_limit(request).await.expect("ShouldRateLimit answers").into_inner()
     }
 
     /// Creates a pending tenant with defaults.

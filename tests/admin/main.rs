@@ -1,4 +1,5 @@
 //! The admin API suite: every endpoint on PostgreSQL and on SQLite.
 
 mod helpers;
+mod propagation;
 mod tenants;
