@@ -124,6 +124,7 @@ async fn the_driver_measures_the_noop_server_in_both_loops() {
 #[tokio::test]
 async fn tollgate_answers_every_token_budget_call_ok_under_the_generated_rules() {
     let rules = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
     scenario::write_rules(rules.path(), Scenario::TokenBudget, &small()).unwrap();
     let settings = tollgate::settings::Settings {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
@@ -132,6 +133,7 @@ async fn tollgate_answers_every_token_budget_call_ok_under_the_generated_rules()
         watch_rules: false,
         store_deadline_ms: 2_000,
         shutdown_grace_secs: 1,
+        database_url: format!("sqlite://{}", data.path().join("ledger.db").display()),
         ..tollgate::settings::Settings::default()
     };
     let app = tollgate::app::App::build(settings).await.unwrap();
