@@ -14,7 +14,7 @@ use anyhow::Context;
 use arc_swap::ArcSwapOption;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
@@ -162,7 +162,10 @@ impl App {
         let grpc = tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(RateLimitServiceServer::new(RateLimitGrpc::new(limiter.clone(), metrics.clone())))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), stop.clone().cancelled_owned());
+            .serve_with_incoming_shutdown(
+                // Small answers go out at once rather than waiting on Nagle's algorithm.
+                TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+                stop.clone().cancelled_owned());
         let router = http::router(HttpState {
             limiter,
             health: health.clone(),

@@ -310,9 +310,11 @@ impl Ledger {
 
     /// Tenants matching `filter`, by id.
     pub async fn tenants(&self, filter: &TenantFilter) -> Result<Vec<Tenant>, LedgerError> {
+        // One query: the page of tenants joined with their models, grouped here.
         let rows = sqlx::query(&format!(
-            "SELECT {TENANT_COLUMNS} FROM tenants WHERE ($1 IS NULL OR status = $1) \
-             AND ($2 IS NULL OR cost_centre = $2) AND ($3 IS NULL OR id = $3) ORDER BY id LIMIT $4 OFFSET $5"
+            "SELECT t.*, m.model FROM (SELECT {TENANT_COLUMNS} FROM tenants WHERE ($1 IS NULL OR status = $1) \
+             AND ($2 IS NULL OR cost_centre = $2) AND ($3 IS NULL OR id = $3) ORDER BY id LIMIT $4 OFFSET $5) t \
+             LEFT JOIN model_access m ON m.tenant_id = t.id ORDER BY t.id, m.model"
         ))
         .bind(filter.status.map(|s| s.as_str().to_owned()))
         .bind(filter.cost_centre.clone())
@@ -321,11 +323,16 @@ impl Ledger {
         .bind(filter.offset)
         .fetch_all(self.pool())
         .await?;
-        let mut tenants = Vec::with_capacity(rows.len());
+        let mut tenants: Vec<Tenant> = Vec::new();
         for row in &rows {
             let id: String = row.try_get("id")?;
-            let models = self.models_of(&id).await?;
-            tenants.push(tenant_from_row(row, models)?);
+            let model: Option<String> = row.try_get("model")?;
+            if tenants.last().is_none_or(|t| t.id != id) {
+                tenants.push(tenant_from_row(row, Vec::new())?);
+            }
+            if let (Some(model), Some(tenant)) = (model, tenants.last_mut()) {
+                tenant.models.push(model);
+            }
         }
         Ok(tenants)
     }
@@ -339,12 +346,6 @@ impl Ledger {
         .await
     }
 
-    async fn models_of(&self, tenant: &str) -> Result<Vec<String>, LedgerError> {
-        Ok(sqlx::query_scalar("SELECT model FROM model_access WHERE tenant_id = $1 ORDER BY model")
-            .bind(tenant)
-            .fetch_all(self.pool())
-            .await?)
-    }
 
     /// Applies `update` to a tenant.
     pub async fn update_tenant(&self, actor: &str, id: &str, update: &TenantUpdate) -> Result<Tenant, LedgerError> {
