@@ -201,3 +201,28 @@ pub fn overall(response: &RateLimitResponse) -> Code {
 pub fn codes(response: &RateLimitResponse) -> Vec<Code> {
     response.statuses.iter().map(code).collect()
 }
+
+/// Sends `request` `calls` times from each of `clients` concurrent clients per app, all
+/// at once; how many calls were allowed overall.
+pub async fn race(apps: &[&TestApp], request: RateLimitRequest, clients: usize, calls: usize) -> usize {
+    let mut tasks = Vec::new();
+    for app in apps {
+        for _ in 0..clients {
+            let client = app.grpc.clone();
+            let request = request.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut allowed = 0;
+                for _ in 0..calls {
+                    let r = client.clone().should_rate_limit(request.clone()).await.unwrap().into_inner();
+                    allowed += usize::from(r.overall_code == Code::Ok as i32);
+                }
+                allowed
+            }));
+        }
+    }
+    let mut allowed = 0;
+    for task in tasks {
+        allowed += task.await.unwrap();
+    }
+    allowed
+}
