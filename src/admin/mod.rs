@@ -7,6 +7,7 @@ pub mod audit;
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod prices;
 pub mod tenants;
 pub mod tokens;
 
@@ -54,6 +55,7 @@ pub fn router(state: AdminState) -> Router {
         .merge(tenants::router())
         .merge(tokens::router())
         .merge(audit::router())
+        .merge(prices::router())
         .route("/openapi.json", get(openapi_json))
         .fallback(not_found);
     Router::new()
@@ -76,6 +78,7 @@ async fn not_found() -> ApiError {
         tenants::suspend_tenant, tenants::reactivate_tenant,
         tokens::create_token, tokens::list_tokens, tokens::revoke_token,
         audit::list_audit,
+        prices::create_price, prices::list_prices, prices::lookup_price,
     ),
     modifiers(&BearerAuth)
 )]

@@ -9,6 +9,7 @@
 
 pub mod audit;
 pub mod follow;
+pub mod prices;
 pub mod tenants;
 pub mod tokens;
 
