@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod budgets;
 pub mod error;
 pub mod extract;
 pub mod prices;
@@ -56,6 +57,7 @@ pub fn router(state: AdminState) -> Router {
         .merge(tokens::router())
         .merge(audit::router())
         .merge(prices::router())
+        .merge(budgets::router())
         .route("/openapi.json", get(openapi_json))
         .fallback(not_found);
     Router::new()
@@ -79,6 +81,8 @@ async fn not_found() -> ApiError {
         tokens::create_token, tokens::list_tokens, tokens::revoke_token,
         audit::list_audit,
         prices::create_price, prices::list_prices, prices::lookup_price,
+        budgets::create_budget, budgets::list_budgets, budgets::get_budget, budgets::update_budget,
+        budgets::retire_budget,
     ),
     modifiers(&BearerAuth)
 )]

@@ -8,6 +8,7 @@
 //! `LISTEN/NOTIFY` reaches every replica; SQLite is one process).
 
 pub mod audit;
+pub mod budgets;
 pub mod follow;
 pub mod prices;
 pub mod tenants;
