@@ -9,6 +9,7 @@ pub mod budgets;
 pub mod error;
 pub mod extract;
 pub mod prices;
+pub mod reports;
 pub mod tenants;
 pub mod tokens;
 
@@ -58,6 +59,7 @@ pub fn router(state: AdminState) -> Router {
         .merge(audit::router())
         .merge(prices::router())
         .merge(budgets::router())
+        .merge(reports::router())
         .route("/openapi.json", get(openapi_json))
         .fallback(not_found);
     Router::new()
@@ -83,6 +85,7 @@ async fn not_found() -> ApiError {
         prices::create_price, prices::list_prices, prices::lookup_price,
         budgets::create_budget, budgets::list_budgets, budgets::get_budget, budgets::update_budget,
         budgets::retire_budget,
+        reports::spend_report, reports::budget_report, reports::create_adjustment,
     ),
     modifiers(&BearerAuth)
 )]

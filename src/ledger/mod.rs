@@ -11,8 +11,10 @@ pub mod audit;
 pub mod budgets;
 pub mod follow;
 pub mod prices;
+pub mod reports;
 pub mod tenants;
 pub mod tokens;
+pub mod usage;
 
 use std::str::FromStr;
 use std::time::Duration;

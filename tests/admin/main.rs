@@ -4,4 +4,6 @@ mod budgets;
 mod helpers;
 mod prices;
 mod propagation;
+mod reports;
 mod tenants;
+mod usage;
