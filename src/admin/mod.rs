@@ -1,8 +1,9 @@
-//! The admin REST API under `/v1`: tenants, tokens, audit (and, as they land, prices,
-//! budgets, approvals and reports). Every route authenticates a bearer token
+//! The admin REST API under `/v1`: tenants, tokens, audit, prices, budgets, approvals and
+//! reports. Every route authenticates a bearer token
 //! ([`auth::Caller`]); each area owns its `router()`; errors share one body
 //! ([`error::ErrorBody`]); the OpenAPI document is generated from the handlers.
 
+pub mod approvals;
 pub mod audit;
 pub mod auth;
 pub mod budgets;
@@ -59,6 +60,7 @@ pub fn router(state: AdminState) -> Router {
         .merge(audit::router())
         .merge(prices::router())
         .merge(budgets::router())
+        .merge(approvals::router())
         .merge(reports::router())
         .route("/openapi.json", get(openapi_json))
         .fallback(not_found);
@@ -85,6 +87,8 @@ async fn not_found() -> ApiError {
         prices::create_price, prices::list_prices, prices::lookup_price,
         budgets::create_budget, budgets::list_budgets, budgets::get_budget, budgets::update_budget,
         budgets::retire_budget,
+        approvals::file_approval, approvals::list_approvals, approvals::get_approval,
+        approvals::approve_approval, approvals::reject_approval, approvals::cancel_approval,
         reports::spend_report, reports::budget_report, reports::create_adjustment,
     ),
     modifiers(&BearerAuth)

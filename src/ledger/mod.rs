@@ -2,11 +2,13 @@
 //! file by default, behind one query layer (sqlx's Any driver) and one portable
 //! migration set in `migrations/`.
 //!
-//! Each area has its own file: [`tenants`], [`tokens`], [`audit`]. Every change runs in a
+//! Each area has its own file: [`tenants`], [`tokens`], [`audit`], [`prices`], [`budgets`],
+//! [`approvals`]. Every change runs in a
 //! transaction that also writes its audit entry, and announces itself on
 //! [`Ledger::changes`] after commit so in-memory policy can reload (PostgreSQL
 //! `LISTEN/NOTIFY` reaches every replica; SQLite is one process).
 
+pub mod approvals;
 pub mod audit;
 pub mod budgets;
 pub mod follow;

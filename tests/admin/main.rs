@@ -1,5 +1,6 @@
 //! The admin API suite: every endpoint on PostgreSQL and on SQLite.
 
+mod approvals;
 mod budgets;
 mod helpers;
 mod prices;
