@@ -1,5 +1,5 @@
-//! The admin REST API under `/v1`: tenants, tokens, audit, prices, budgets, approvals and
-//! reports. Every route authenticates a bearer token
+//! The admin REST API under `/v1`: tenants, tokens, audit, prices, budgets, approvals,
+//! reports and ledger adjustments. Every route authenticates a bearer token
 //! ([`auth::Caller`]); each area owns its `router()`; errors share one body
 //! ([`error::ErrorBody`]); the OpenAPI document is generated from the handlers.
 

@@ -3,7 +3,8 @@
 //! migration set in `migrations/`.
 //!
 //! Each area has its own file: [`tenants`], [`tokens`], [`audit`], [`prices`], [`budgets`],
-//! [`approvals`]. Every change runs in a
+//! [`approvals`]; usage events and corrections in [`usage`], reports derived from them in
+//! [`reports`]. Every change runs in a
 //! transaction that also writes its audit entry, and announces itself on
 //! [`Ledger::changes`] after commit so in-memory policy can reload (PostgreSQL
 //! `LISTEN/NOTIFY` reaches every replica; SQLite is one process).
