@@ -303,7 +303,54 @@ contract!(
     a_bucket_refund_gives_tokens_back_but_never_beyond_capacity,
     a_zero_bucket_interval_is_read_as_one_microsecond,
     concurrent_takes_admit_exactly_the_capacity,
+    an_idle_counter_counts_reads_refunds_and_caps_like_a_window,
+    concurrent_idle_charges_admit_exactly_the_cap,
 );
+
+fn idle(key: &str, hits: u64, idle_secs: u64) -> CounterUpdate {
+    CounterUpdate::idle(key, hits, idle_secs)
+}
+
+async fn an_idle_counter_counts_reads_refunds_and_caps_like_a_window<S: CounterStore + Clone>(
+    mut h: Harness<S>,
+) {
+    let key = h.key("session");
+    // A read creates nothing; a charge the cap refuses creates nothing either.
+    assert_eq!(h.one(idle(&key, 0, 60)).await, 0);
+    assert_eq!(h.one(idle(&key, 3, 60).capped(2)).await, 0);
+    assert_eq!(h.counters_held().await, 0, "a read or a refused charge created a counter");
+    assert_eq!(h.one(idle(&key, 1, 60)).await, 0);
+    assert_eq!(h.one(idle(&key, 2, 60)).await, 1);
+    assert_eq!(h.one(idle(&key, 0, 60)).await, 3);
+    // Capped: hits past the cap are not counted; the value before is reported.
+    assert_eq!(h.one(idle(&key, 3, 60).capped(5)).await, 3);
+    assert_eq!(h.one(idle(&key, 2, 60).capped(5)).await, 3);
+    assert_eq!(h.value(&key).await, 5);
+    // A refund gives back, never below zero.
+    assert_eq!(h.one(idle(&key, 4, 60).refunding()).await, 5);
+    assert_eq!(h.one(idle(&key, 9, 60).refunding()).await, 1);
+    assert_eq!(h.one(idle(&key, 0, 60)).await, 0);
+}
+
+async fn concurrent_idle_charges_admit_exactly_the_cap<S: CounterStore + Clone>(h: Harness<S>) {
+    let key = h.key("race");
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let store = h.store.clone();
+        let key = key.clone();
+        tasks.push(tokio::spawn(async move {
+            store.apply(&[idle(&key, 1, 60).capped(5)]).await.expect("store call")[0]
+        }));
+    }
+    let mut admitted = 0;
+    for task in tasks {
+        if admits(task.await.unwrap(), 1, 5) {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 5);
+    assert_eq!(h.value(&key).await, 5);
+}
 
 async fn a_counter_counts_from_zero<S: CounterStore + Clone>(h: Harness<S>) {
     let key = h.key("a");
@@ -1082,6 +1129,36 @@ async fn memory_ttl_is_set_only_when_the_counter_is_new() {
 }
 
 #[tokio::test]
+async fn memory_an_idle_counter_lives_while_it_is_charged_and_expires_once_idle() {
+    let h = memory();
+    let Backing::Memory(store, clock) = &h.backing else {
+        unreachable!()
+    };
+    let key = h.key("session");
+    h.one(idle(&key, 1, 10)).await;
+    // Each charge moves the expiry: 9 s, charge, 9 s, charge, ... never expires.
+    for _ in 0..3 {
+        clock.advance(Duration::from_secs(9));
+        h.one(idle(&key, 1, 10)).await;
+    }
+    // A charge the cap refuses still counts as use.
+    clock.advance(Duration::from_secs(9));
+    assert_eq!(h.one(idle(&key, 1, 10).capped(4)).await, 4);
+    // Reads and refunds do not.
+    clock.advance(Duration::from_secs(5));
+    assert_eq!(h.value(&key).await, 4);
+    h.one(idle(&key, 1, 10).refunding()).await;
+    clock.advance(Duration::from_secs(4));
+    assert_eq!(h.value(&key).await, 3);
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(h.value(&key).await, 0, "a read or a refund kept the idle counter alive");
+    store.sweep();
+    assert_eq!(store.len(), 0);
+    // A new life from zero.
+    assert_eq!(h.one(idle(&key, 1, 10)).await, 0);
+}
+
+#[tokio::test]
 async fn memory_a_bucket_is_forgotten_once_full_again_by_its_clock() {
     let h = memory();
     let Backing::Memory(store, clock) = &h.backing else {
@@ -1168,6 +1245,44 @@ async fn redis_ttl_is_set_only_when_the_key_is_new() {
         "a later update moved the TTL to {ttl}"
     );
     assert_eq!(h.value(&key).await, 2);
+}
+
+#[tokio::test]
+async fn redis_an_idle_counters_ttl_moves_on_every_charge_only() {
+    let h = redis().await;
+    let mut conn = direct(&redis_url()).await;
+    let key = h.key("session");
+    h.one(idle(&key, 1, 100)).await;
+    let ttl = ttl_of(&mut conn, &key).await;
+    assert!((90..=100).contains(&ttl), "new key got TTL {ttl}, wanted 100");
+    let shorten = |conn: &mut MultiplexedConnection| {
+        let key = key.clone();
+        let mut conn = conn.clone();
+        async move {
+            let _: () = redis::cmd("EXPIRE").arg(&key).arg(40).query_async(&mut conn).await.unwrap();
+        }
+    };
+    // A charge sets the TTL again, to the idle time it names.
+    shorten(&mut conn).await;
+    h.one(idle(&key, 1, 1000)).await;
+    let ttl = ttl_of(&mut conn, &key).await;
+    assert!((990..=1000).contains(&ttl), "a charge left the TTL at {ttl}");
+    // So does a charge the cap refuses (the session is in use).
+    shorten(&mut conn).await;
+    assert_eq!(h.one(idle(&key, 5, 1000).capped(3)).await, 2);
+    let ttl = ttl_of(&mut conn, &key).await;
+    assert!((990..=1000).contains(&ttl), "a refused charge left the TTL at {ttl}");
+    // A read and a refund leave it alone.
+    shorten(&mut conn).await;
+    assert_eq!(h.value(&key).await, 2);
+    h.one(idle(&key, 1, 1000).refunding()).await;
+    let ttl = ttl_of(&mut conn, &key).await;
+    assert!((1..=40).contains(&ttl), "a read or a refund moved the TTL to {ttl}");
+    assert_eq!(h.value(&key).await, 1);
+    // A refused charge on a missing key creates none.
+    let fresh = h.key("fresh");
+    h.one(idle(&fresh, 5, 1000).capped(3)).await;
+    assert!(!exists(&mut conn, &fresh).await, "a refused charge created the key");
 }
 
 #[tokio::test]

@@ -95,6 +95,22 @@ impl MemoryStore {
                 };
                 (before, after.map(|a| (a, Expiry::IfNew(now_secs + ttl_secs.max(&1)))))
             }),
+            CounterKind::Idle { idle_secs, cap } => self.update(&update.key, now_secs, |count| {
+                let before = count.unwrap_or(0);
+                let refreshed = Expiry::At(now_secs + idle_secs.max(&1));
+                let write = if hits == 0 {
+                    None
+                } else if update.refund {
+                    // An existing counter keeps its expiry (`IfNew` on a live slot).
+                    count.map(|c| (c.saturating_sub(hits), Expiry::IfNew(now_secs)))
+                } else if cap.is_none_or(|cap| before.saturating_add(hits) <= cap) {
+                    Some((before.saturating_add(hits), refreshed))
+                } else {
+                    // Not counted, but the session is in use: only the expiry moves.
+                    count.map(|c| (c, refreshed))
+                };
+                (before, write)
+            }),
             CounterKind::Sliding { previous_key, previous_weight_ppm, ttl_secs, limit } => {
                 // The previous window is closed, so reading it apart from the update is safe.
                 let previous = self.update(previous_key, now_secs, |count| (count.unwrap_or(0), None));

@@ -36,6 +36,12 @@ pub enum CounterKind {
     /// new). With a `cap`, hits that would take it above the cap are not counted (the
     /// reference's stop-incrementing-when-over-limit mode); without, every hit counts.
     Window { ttl_secs: u64, cap: Option<u64> },
+    /// A count that lives while it is used: like [`CounterKind::Window`] (same `cap`), but
+    /// every charge (hits above zero, not a refund) sets its expiry to `idle_secs` from
+    /// now, whether or not the cap let the hits count; a read or a refund leaves the
+    /// expiry alone, and a charge the cap refuses creates no counter. The only kind whose
+    /// expiry moves: a session's lifetime quota, forgotten once the session is idle.
+    Idle { idle_secs: u64, cap: Option<u64> },
     /// A sliding window, estimated from two fixed windows: this window's count plus the
     /// previous window's (`previous_key`) weighted by the share of it the sliding window
     /// still covers, in millionths. Hits are counted only while the estimate stays
@@ -70,9 +76,19 @@ impl CounterUpdate {
         self
     }
 
-    /// Leaves a fixed-window counter unchanged when the hits would take it above `cap`.
+    /// Adds `hits` to a counter that expires `idle_secs` after its last charge.
+    pub fn idle(key: impl Into<String>, hits: u64, idle_secs: u64) -> Self {
+        Self {
+            key: key.into(),
+            hits,
+            refund: false,
+            kind: CounterKind::Idle { idle_secs, cap: None },
+        }
+    }
+
+    /// Leaves a fixed-window or idle counter unchanged when the hits would take it above `cap`.
     pub fn capped(mut self, cap: u64) -> Self {
-        if let CounterKind::Window { cap: c, .. } = &mut self.kind {
+        if let CounterKind::Window { cap: c, .. } | CounterKind::Idle { cap: c, .. } = &mut self.kind {
             *c = Some(cap);
         }
         self

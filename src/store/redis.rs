@@ -87,12 +87,15 @@ struct Job {
 /// Applies one request's counter updates atomically, in one round trip.
 ///
 /// Each update takes six `ARGV` slots and one `KEYS` entry (two for a sliding window):
-/// - `ARGV[i]`: the kind: `w` fixed window, `s` sliding window, `b` token bucket (GCRA);
+/// - `ARGV[i]`: the kind: `w` fixed window, `i` idle-expiring count, `s` sliding window,
+///   `b` token bucket (GCRA);
 /// - `ARGV[i+1]`: hits, a non-negative integer; `0` only reads (no key created, expiry
 ///   untouched, nothing consumed);
 /// - `ARGV[i+2]`: `1` to give the hits back (never below empty), else `0`;
 /// - `w`: `ARGV[i+3]` seconds the counter lives, set only when this call creates it;
 ///   `ARGV[i+4]` the cap (empty for none): hits that would pass it are not counted;
+/// - `i`: as `w`, except that every charge (hits above zero, not a refund) sets the expiry
+///   to `ARGV[i+3]` seconds, counted or not; a refused charge creates no key;
 /// - `s`: `ARGV[i+3]` ttl as for `w`; `ARGV[i+4]` the limit: hits are counted only while
 ///   the estimate stays within it; `ARGV[i+5]` the previous window's weight in
 ///   millionths; the next `KEYS` entry is the previous window's counter;
@@ -166,9 +169,12 @@ for i = 1, #ARGV, 6 do
     if hits > 0 then
       if refund then
         give_back(key, raw, count, hits, ARGV[i + 1])
-      elseif allowed then
-        redis.call('INCRBY', key, ARGV[i + 1])
-        if not raw then
+      else
+        if allowed then
+          redis.call('INCRBY', key, ARGV[i + 1])
+        end
+        -- An idle count's expiry moves on every charge; a window's is set once.
+        if (kind == 'i' and (allowed or raw)) or (allowed and not raw) then
           redis.call('EXPIRE', key, ARGV[i + 3])
         end
       end
@@ -879,6 +885,14 @@ fn invocation<'a>(
         match &u.kind {
             CounterKind::Window { ttl_secs, cap } => {
                 call.arg("w").arg(u.hits).arg(refund).arg(ttl_secs.max(&1));
+                match cap {
+                    Some(cap) => call.arg(cap),
+                    None => call.arg(""),
+                };
+                call.arg("");
+            }
+            CounterKind::Idle { idle_secs, cap } => {
+                call.arg("i").arg(u.hits).arg(refund).arg(idle_secs.max(&1));
                 match cap {
                     Some(cap) => call.arg(cap),
                     None => call.arg(""),
