@@ -200,6 +200,7 @@ impl Settings {
             dynamic_metadata: self.dynamic_metadata,
             store_deadline: self.store_deadline(),
             local_cache_size: self.local_cache_size,
+            session_idle_ttl: crate::limiter::quota::DEFAULT_SESSION_IDLE_TTL,
         }
     }
 

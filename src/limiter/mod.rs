@@ -17,7 +17,7 @@ use serde_json::{Map, Value, json};
 
 pub use self::request::{Code, CurrentLimit, DecideError, Decision, Descriptor, LimitOverride, Request, Status};
 use self::window::Window;
-use self::quota::Refusal;
+use self::quota::{Charges, Checked, QuotaPeriod, Refusal};
 use crate::clock::SharedClock;
 use crate::policy::{self, CurrentPolicy};
 use crate::rules::tree::{Algorithm, Period};
@@ -53,6 +53,8 @@ pub struct LimiterOptions {
     pub store_deadline: Duration,
     /// Keys remembered as over limit for the rest of their window (0 disables).
     pub local_cache_size: usize,
+    /// How long a session's lifetime counters outlive its last request.
+    pub session_idle_ttl: Duration,
 }
 
 impl Default for LimiterOptions {
@@ -66,6 +68,7 @@ impl Default for LimiterOptions {
             dynamic_metadata: false,
             store_deadline: Duration::from_millis(10),
             local_cache_size: 0,
+            session_idle_ttl: quota::DEFAULT_SESSION_IDLE_TTL,
         }
     }
 }
@@ -202,20 +205,30 @@ impl Limiter {
         };
         // Quota domains check tenants first; the snapshot is only borrowed while they do.
         let policy = domain.quota.as_ref().map(|keys| (keys, self.policy.load()));
-        let mut applied = request
-            .descriptors
-            .iter()
-            .enumerate()
-            .map(|(index, d)| {
-                if let Some((keys, policy)) = &policy
-                    && let Some(Err(refusal)) = quota::admit(keys, policy, d)
-                {
-                    refusal.count(&self.metrics.policy);
-                    return Ok(Applied::Refused(refusal));
+        let mut applied = Vec::with_capacity(request.descriptors.len());
+        let mut charges: Vec<Charges<'_>> = Vec::new();
+        for (index, d) in request.descriptors.iter().enumerate() {
+            if let Some((keys, policy)) = &policy {
+                match quota::check(keys, policy, d) {
+                    Some(Checked::Refused(refusal)) => {
+                        refusal.count(&self.metrics.policy);
+                        applied.push(Applied::Refused(refusal));
+                        continue;
+                    }
+                    Some(Checked::Admitted(admitted)) => {
+                        let c = admitted.charges();
+                        if !c.limits.is_empty() {
+                            charges.resize_with(request.descriptors.len(), Charges::default);
+                            charges[index] = c;
+                        }
+                    }
+                    // TODO(usage/settlement): stream-done usage is charged by the usage
+                    // work; here it is neither tenant-checked nor request-counted.
+                    Some(Checked::Usage(_)) | None => {}
                 }
-                self.resolve(domain, d, index)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+            }
+            applied.push(self.resolve(domain, d, index)?);
+        }
         drop(policy);
         drop_replaced(&mut applied);
 
@@ -238,14 +251,28 @@ impl Limiter {
                 _ => Vec::new(),
             })
             .collect();
+        let quota_plans: Vec<Vec<Plan>> = charges
+            .iter()
+            .zip(&request.descriptors)
+            .map(|(c, descriptor)| {
+                let keys = domain.quota.as_ref().expect("charges only in quota domains");
+                c.limits
+                    .iter()
+                    .map(|limit| self.plan_quota(request, descriptor, keys, c, limit, now, &mut updates))
+                    .collect()
+            })
+            .collect();
         let befores = if updates.is_empty() { Vec::new() } else { self.apply(&updates).await? };
 
+        let mut explanations: Vec<Option<(String, bool)>> = vec![None; request.descriptors.len()];
         let statuses = request
             .descriptors
             .iter()
             .zip(&applied)
             .zip(&plans)
-            .map(|((descriptor, applied), plans)| match applied {
+            .enumerate()
+            .map(|(i, ((descriptor, applied), plans))| {
+                let status = match applied {
                 Applied::Free => Status::default(),
                 Applied::Refused(refusal) => refusal.status(),
                 Applied::Unlimited => Status {
@@ -256,18 +283,69 @@ impl Limiter {
                     let hits = hits_of(request, descriptor);
                     self.judge(descriptor.is_negative_hits, hits, limited, plans, &befores, &updates)
                 }
+                };
+                if let Some(refusal) = applied.refusal() {
+                    explanations[i] = Some((refusal.body(), true));
+                }
+                match (charges.get(i), quota_plans.get(i)) {
+                    (Some(c), Some(plans)) if !c.limits.is_empty() => {
+                        let hits = hits_of(request, descriptor);
+                        let (status, explanation) = judge_quota(status, hits, c, plans, &befores, now);
+                        if explanations[i].is_none() {
+                            explanations[i] = explanation;
+                        }
+                        status
+                    }
+                    _ => status,
+                }
             })
             .collect();
         let nodes: Vec<Option<&Node>> = applied.iter().map(Applied::node).collect();
         let mut decision = self.finish(request, &nodes, statuses);
         if decision.overall_code == Code::OverLimit
-            && let Some(refusal) = applied.iter().find_map(Applied::refusal)
+            && let Some((body, json)) = explanations.into_iter().flatten().next()
         {
-            decision.raw_body = Some(refusal.body());
-            // Envoy lets this replace the text/plain of its local reply.
-            decision.response_headers.push(("content-type".into(), "application/json".into()));
+            decision.raw_body = Some(body);
+            if json {
+                // Envoy lets this replace the text/plain of its local reply.
+                decision.response_headers.push(("content-type".into(), "application/json".into()));
+            }
         }
         Ok(decision)
+    }
+
+    /// Lays out the store update for one quota limit of an admitted descriptor.
+    #[allow(clippy::too_many_arguments)]
+    fn plan_quota(
+        &self,
+        request: &Request<'_>,
+        descriptor: &Descriptor<'_>,
+        keys: &crate::rules::QuotaKeys,
+        charges: &Charges<'_>,
+        limit: &quota::QuotaLimit,
+        now: Now,
+        updates: &mut Vec<CounterUpdate>,
+    ) -> Plan {
+        let tenant = (keys.tenant.as_str(), charges.tenant);
+        let session = charges.session.filter(|_| limit.per_session).map(|s| (keys.session.as_str(), s));
+        let entries = std::iter::once(tenant).chain(session);
+        let prefix = &self.options.key_prefix;
+        // Soft limits count every hit; hard ones stop at the limit when the option says so.
+        let cap = (limit.hard && self.options.stop_incrementing_when_over_limit).then_some(limit.limit);
+        let (key, kind, until_reset) = match limit.period {
+            QuotaPeriod::Window(seconds) => {
+                let window = Window::containing(now.secs, seconds);
+                let key = keys::counter_key(prefix, request.domain, entries, &limit.tag, Some(window.start));
+                (key, CounterKind::Window { ttl_secs: window.until_reset, cap }, window.until_reset)
+            }
+            QuotaPeriod::Session => {
+                let idle_secs = self.options.session_idle_ttl.as_secs().max(1);
+                let key = keys::counter_key(prefix, request.domain, entries, &limit.tag, None);
+                (key, CounterKind::Idle { idle_secs, cap }, idle_secs)
+            }
+        };
+        updates.push(CounterUpdate { key, hits: hits_of(request, descriptor), refund: false, kind });
+        Plan { source: Source::Store(updates.len() - 1), until_reset }
     }
 
     /// Counts the hits in the statistics and lays out the store update for one limit.
@@ -549,6 +627,53 @@ impl Limiter {
             raw_body: None,
         }
     }
+}
+
+/// Folds a descriptor's quota limits into the status its rules gave: the first hard
+/// limit over refuses (with its explanation); otherwise the status with the least
+/// remaining stands. Soft limits never refuse.
+fn judge_quota(
+    rules: Status,
+    hits: u64,
+    charges: &Charges<'_>,
+    plans: &[Plan],
+    befores: &[u64],
+    now: Now,
+) -> (Status, Option<(String, bool)>) {
+    if rules.code == Code::OverLimit {
+        return (rules, None);
+    }
+    let mut best = rules;
+    for (limit, plan) in charges.limits.iter().zip(plans) {
+        let Source::Store(update) = plan.source else { continue };
+        let before = befores[update];
+        let over = before.saturating_add(hits) > limit.limit;
+        let (unit, until_reset, resets_at) = match limit.period {
+            QuotaPeriod::Window(seconds) => (
+                Unit::ALL.into_iter().find(|u| u.seconds() == seconds),
+                Some(plan.until_reset),
+                Some(now.secs + plan.until_reset),
+            ),
+            QuotaPeriod::Session => (None, None, None),
+        };
+        let current_limit = Some(CurrentLimit {
+            requests_per_unit: u32::try_from(limit.limit).unwrap_or(u32::MAX),
+            unit,
+            name: Some(limit.name.clone()),
+        });
+        if over && limit.hard {
+            let status = Status { code: Code::OverLimit, current_limit, limit_remaining: 0, duration_until_reset: until_reset };
+            return (status, Some(limit.body(charges.tenant, resets_at)));
+        }
+        if !limit.hard {
+            continue;
+        }
+        let remaining = u32::try_from(limit.limit.saturating_sub(before.saturating_add(hits))).unwrap_or(u32::MAX);
+        if best.current_limit.is_none() || remaining < best.limit_remaining {
+            best = Status { code: Code::Ok, current_limit, limit_remaining: remaining, duration_until_reset: until_reset };
+        }
+    }
+    (best, None)
 }
 
 /// The hits a descriptor charges: its own addend (0 allowed), else the request's, at least 1.

@@ -13,14 +13,33 @@
 //! OVER_LIMIT; the first refusal's JSON explanation becomes the response's `raw_body`. An
 //! admitted one goes on to the rules its entries match, as in any domain.
 //!
-//! Extension point: [`admit`] returns an [`Admitted`] with the tenant's policy and every
-//! quota entry the descriptor carries. Plan limits, session limits and budgets belong
-//! after the model check: a check that can refuse from the policy alone adds a
-//! [`Refusal`] variant here; one that needs counters plans its store updates from the
-//! [`Admitted`] in the limiter's planning step, next to the rules' limits.
+//! An admitted descriptor is then charged by what it carries ([`Admitted::charges`]):
+//! - the tenant key and no other quota key: every plan request limit (`Plan.requests`), a
+//!   fixed window aligned to the epoch per tenant and window length (counter tag
+//!   `plan~<seconds>`), refused as `plan-requests-<seconds>s` ([`plan_limit_name`]) with a
+//!   JSON body `{"error":"rate_limited","tenant":..,"limit":..,"window_seconds":..,
+//!   "resets_at":<RFC 3339 in the tenant's timezone>}`;
+//! - the tenant and session keys (no model): every session-scope request budget of the
+//!   tenant, per session: a lifetime budget (`period: "session"`) counts in a counter that
+//!   is forgotten once the session has been idle for the session idle TTL
+//!   (`LimiterOptions::session_idle_ttl`, 30 minutes by default; tag `budget~<id>~session`),
+//!   a windowed one in fixed windows (tag `budget~<id>~<seconds>`). A hard budget refuses
+//!   with `current_limit.name` = the budget's name and the body [`SESSION_QUOTA_BODY`];
+//!   a soft one only counts.
+//!
+//! Descriptors carrying the token type key are stream-done usage ([`Checked::Usage`]):
+//! never tenant-checked nor request-counted (a tenant suspended mid-stream is still
+//! charged); they pass OK until the usage and settlement work charges them.
+//!
+//! Extension point: a check that can refuse from the policy alone adds a [`Refusal`]
+//! variant here; one that needs counters adds a [`QuotaLimit`] in [`Admitted::charges`],
+//! which the limiter plans into the same store batch as the rules' limits.
+
+use std::time::Duration;
 
 use super::Code;
 use super::request::{CurrentLimit, Descriptor, Status};
+use crate::ledger::budgets::Period;
 use crate::ledger::tenants::TenantStatus;
 use crate::policy::{Policy, TenantPolicy};
 use crate::rules::QuotaKeys;
@@ -30,6 +49,18 @@ use crate::telemetry::PolicyStats;
 pub const TENANT_NOT_ACTIVE: &str = "tenant_not_active";
 /// `current_limit.name` of a descriptor naming a model not granted to its tenant.
 pub const MODEL_NOT_APPROVED: &str = "model_not_approved";
+
+/// The `raw_body` of a refusal by a session request budget (the MCP session quota).
+pub const SESSION_QUOTA_BODY: &str = "Too Many Requests for this MCP session.";
+/// `raw_body` error code of a plan request limit's refusal.
+pub const RATE_LIMITED: &str = "rate_limited";
+/// How long an idle session's lifetime counters live when nothing says otherwise.
+pub const DEFAULT_SESSION_IDLE_TTL: Duration = Duration::from_secs(30 * 60);
+
+/// `current_limit.name` of a plan request limit of `window_seconds`: `plan-requests-60s`.
+pub fn plan_limit_name(window_seconds: u64) -> String {
+    format!("plan-requests-{window_seconds}s")
+}
 
 /// The quota entries one descriptor carries, by meaning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +96,142 @@ pub struct Admitted<'a, 'p> {
     pub entries: QuotaEntries<'a>,
 }
 
+/// What the tenant checks made of one descriptor of a quota domain.
+#[derive(Debug, Clone, Copy)]
+pub enum Checked<'a, 'p> {
+    Admitted(Admitted<'a, 'p>),
+    Refused(Refusal<'a>),
+    /// Stream-done usage (it carries the token type key): no tenant check, no request
+    /// counting, so a tenant suspended mid-stream is still charged for what it used.
+    // TODO(usage/settlement): group these by request id into one usage event, charge the
+    // token and cost budgets and settle the reservation; until then they pass OK.
+    Usage(QuotaEntries<'a>),
+}
+
+/// How long a quota counter lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaPeriod {
+    /// Fixed windows of this many seconds, aligned to the epoch.
+    Window(u64),
+    /// The session's lifetime: until the session has been idle for the idle TTL.
+    Session,
+}
+
+/// How a refusal explains itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Explain {
+    /// A plan request limit: JSON naming the tenant, limit, window and reset time.
+    Plan { timezone: jiff::tz::TimeZone },
+    /// A session request budget: [`SESSION_QUOTA_BODY`].
+    Session,
+}
+
+/// One counted limit of an admitted descriptor, planned into the store batch by the limiter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaLimit {
+    /// `current_limit.name` when it refuses.
+    pub name: String,
+    pub limit: u64,
+    /// Soft limits count but never refuse.
+    pub hard: bool,
+    /// The counter key's tag, after the tenant (and session) entries.
+    pub tag: String,
+    /// Whether the counter is per session (keyed by the session entry too).
+    pub per_session: bool,
+    pub period: QuotaPeriod,
+    pub explain: Explain,
+}
+
+impl QuotaLimit {
+    /// The refusal's `raw_body` and whether it is JSON; `resets_at` is the end of the
+    /// window in seconds since the epoch (windowed limits).
+    pub fn body(&self, tenant: &str, resets_at: Option<u64>) -> (String, bool) {
+        match &self.explain {
+            Explain::Session => (SESSION_QUOTA_BODY.to_owned(), false),
+            Explain::Plan { timezone } => {
+                let window = match self.period {
+                    QuotaPeriod::Window(seconds) => seconds,
+                    QuotaPeriod::Session => 0,
+                };
+                let resets_at = resets_at
+                    .and_then(|secs| jiff::Timestamp::from_second(i64::try_from(secs).ok()?).ok())
+                    .map(|ts| ts.to_zoned(timezone.clone()).strftime("%Y-%m-%dT%H:%M:%S%:z").to_string())
+                    .unwrap_or_default();
+                let body = format!(
+                    r#"{{"error":"{RATE_LIMITED}","tenant":{},"limit":{},"window_seconds":{window},"resets_at":"{resets_at}"}}"#,
+                    serde_json::Value::from(tenant),
+                    self.limit,
+                );
+                (body, true)
+            }
+        }
+    }
+}
+
+/// The counted limits of one admitted descriptor, with the entries their keys use.
+#[derive(Debug, Clone, Default)]
+pub struct Charges<'a> {
+    pub tenant: &'a str,
+    pub session: Option<&'a str>,
+    pub limits: Vec<QuotaLimit>,
+}
+
+impl<'a> Admitted<'a, '_> {
+    /// The limits this descriptor is charged against, by the keys it carries (see the
+    /// module doc). Other shapes charge nothing here yet.
+    pub fn charges(&self) -> Charges<'a> {
+        let e = &self.entries;
+        let mut charges = Charges { tenant: e.tenant, session: None, limits: Vec::new() };
+        let only_tenant = e.session.is_none() && e.model.is_none() && e.request_id.is_none() && e.estimate.is_none();
+        if only_tenant {
+            charges.limits = self
+                .tenant
+                .plan
+                .requests
+                .iter()
+                .filter(|r| r.window_seconds > 0)
+                .map(|r| QuotaLimit {
+                    name: plan_limit_name(r.window_seconds),
+                    limit: r.limit,
+                    hard: true,
+                    tag: format!("plan~{}", r.window_seconds),
+                    per_session: false,
+                    period: QuotaPeriod::Window(r.window_seconds),
+                    explain: Explain::Plan { timezone: self.tenant.timezone.clone() },
+                })
+                .collect();
+        } else if let (Some(session), None) = (e.session, e.model) {
+            // TODO(check-only budgets, reservations): the tenant+model descriptor's budget
+            // checks and the session's lifetime token budget.
+            charges.session = Some(session);
+            charges.limits = self
+                .tenant
+                .session_request_budgets()
+                .iter()
+                .filter_map(|b| {
+                    let (period, tag) = match b.period {
+                        Period::Session(_) => (QuotaPeriod::Session, format!("budget~{}~session", b.id)),
+                        Period::Window { window_seconds } if window_seconds > 0 => {
+                            (QuotaPeriod::Window(window_seconds), format!("budget~{}~{window_seconds}", b.id))
+                        }
+                        _ => return None,
+                    };
+                    Some(QuotaLimit {
+                        name: b.name.clone(),
+                        limit: b.limit,
+                        hard: b.hard,
+                        tag,
+                        per_session: true,
+                        period,
+                        explain: Explain::Session,
+                    })
+                })
+                .collect();
+        }
+        charges
+    }
+}
+
 /// Why a descriptor is refused before its rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal<'a> {
@@ -75,25 +242,42 @@ pub enum Refusal<'a> {
 }
 
 /// Checks one descriptor of a quota domain: `None` when it carries no tenant entry (its
-/// rules apply as usual), else whether it may go on to its rules.
+/// rules apply as usual), usage when it carries the token type key, else whether it may
+/// go on to its rules.
+pub fn check<'a, 'p>(keys: &QuotaKeys, policy: &'p Policy, descriptor: &Descriptor<'a>) -> Option<Checked<'a, 'p>> {
+    let entries = QuotaEntries::of(keys, descriptor)?;
+    if entries.token_type.is_some() {
+        return Some(Checked::Usage(entries));
+    }
+    Some(match admit_entries(policy, entries) {
+        Ok(admitted) => Checked::Admitted(admitted),
+        Err(refusal) => Checked::Refused(refusal),
+    })
+}
+
+/// The tenant checks alone, whatever the descriptor carries: `None` without a tenant
+/// entry, else whether it may go on to its rules.
 pub fn admit<'a, 'p>(
     keys: &QuotaKeys,
     policy: &'p Policy,
     descriptor: &Descriptor<'a>,
 ) -> Option<Result<Admitted<'a, 'p>, Refusal<'a>>> {
-    let entries = QuotaEntries::of(keys, descriptor)?;
+    Some(admit_entries(policy, QuotaEntries::of(keys, descriptor)?))
+}
+
+fn admit_entries<'a, 'p>(policy: &'p Policy, entries: QuotaEntries<'a>) -> Result<Admitted<'a, 'p>, Refusal<'a>> {
     let tenant = match policy.tenant(entries.tenant) {
         Some(tenant) if tenant.is_active() => tenant,
         other => {
-            return Some(Err(Refusal::TenantNotActive { tenant: entries.tenant, status: other.map(|t| t.status) }));
+            return Err(Refusal::TenantNotActive { tenant: entries.tenant, status: other.map(|t| t.status) });
         }
     };
     if let Some(model) = entries.model
         && !tenant.may_use(model)
     {
-        return Some(Err(Refusal::ModelNotApproved { tenant: entries.tenant, model }));
+        return Err(Refusal::ModelNotApproved { tenant: entries.tenant, model });
     }
-    Some(Ok(Admitted { tenant, entries }))
+    Ok(Admitted { tenant, entries })
 }
 
 impl Refusal<'_> {

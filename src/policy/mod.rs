@@ -22,6 +22,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 pub use self::loader::{PolicyLoader, start};
+use crate::ledger::budgets::{Budget, Enforcement, Measure, Period, Scope};
 use crate::ledger::tenants::{Plan, Tenant, TenantStatus};
 use crate::ledger::{Ledger, LedgerError};
 use crate::money::Currency;
@@ -38,12 +39,14 @@ pub fn empty() -> CurrentPolicy {
 #[derive(Debug, Default)]
 pub struct PolicySources {
     pub tenants: Vec<Tenant>,
+    /// Every live budget, global ones included.
+    pub budgets: Vec<Budget>,
 }
 
 impl PolicySources {
     /// Reads every source from the ledger.
     pub async fn read(ledger: &Ledger) -> Result<PolicySources, LedgerError> {
-        Ok(PolicySources { tenants: ledger.all_tenants().await? })
+        Ok(PolicySources { tenants: ledger.all_tenants().await?, budgets: ledger.all_budgets().await? })
     }
 }
 
@@ -51,6 +54,8 @@ impl PolicySources {
 #[derive(Debug, Default)]
 pub struct Policy {
     tenants: HashMap<String, TenantPolicy>,
+    /// Live budgets of the global scope, by name.
+    global_budgets: Box<[BudgetPolicy]>,
     /// Counts the snapshots a loader has swapped in (0: never loaded).
     generation: u64,
 }
@@ -65,10 +70,54 @@ pub struct TenantPolicy {
     /// The timezone of the tenant's calendar periods.
     pub timezone: jiff::tz::TimeZone,
     pub cost_centre: Option<String>,
-    /// Plan limits, as stored (enforcement is a later step; see `limiter::quota`).
+    /// Plan limits, as stored; `plan.requests` is enforced on tenant-only descriptors
+    /// (see `limiter::quota`).
     pub plan: Plan,
     /// Granted models, sorted.
     models: Box<[String]>,
+    /// Every live budget of the tenant (all scopes and measures), by name.
+    budgets: Box<[BudgetPolicy]>,
+    /// Budgets of scope `session` measuring requests: each session's request limits.
+    session_requests: Box<[BudgetPolicy]>,
+    /// Budgets of scope `tenant` measuring requests.
+    tenant_requests: Box<[BudgetPolicy]>,
+}
+
+/// One live budget, compiled for the decision path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BudgetPolicy {
+    /// The ledger's id: stable across renames, so counters are keyed by it.
+    pub id: String,
+    /// The slug decisions name (`current_limit.name`).
+    pub name: String,
+    pub scope: Scope,
+    pub model: Option<String>,
+    pub measure: Measure,
+    pub token_type: Option<String>,
+    pub period: Period,
+    /// The limit in force when the snapshot was compiled (amount or a live override), in
+    /// storage units: a count, or micro-units for cost.
+    pub limit: u64,
+    /// Hard budgets refuse once spent; soft ones only count.
+    pub hard: bool,
+    pub alert_thresholds: Box<[u32]>,
+}
+
+impl BudgetPolicy {
+    fn compile(budget: Budget) -> BudgetPolicy {
+        BudgetPolicy {
+            limit: u64::try_from(budget.effective_units()).unwrap_or(0),
+            id: budget.id,
+            name: budget.name,
+            scope: budget.scope,
+            model: budget.model,
+            measure: budget.measure,
+            token_type: budget.token_type,
+            period: budget.period,
+            hard: budget.enforcement == Enforcement::Hard,
+            alert_thresholds: budget.alert_thresholds.into_boxed_slice(),
+        }
+    }
 }
 
 impl TenantPolicy {
@@ -86,6 +135,21 @@ impl TenantPolicy {
     pub fn models(&self) -> &[String] {
         &self.models
     }
+
+    /// Every live budget of the tenant, by name.
+    pub fn budgets(&self) -> &[BudgetPolicy] {
+        &self.budgets
+    }
+
+    /// The session-scope request budgets: the limits of each of the tenant's sessions.
+    pub fn session_request_budgets(&self) -> &[BudgetPolicy] {
+        &self.session_requests
+    }
+
+    /// The tenant-scope request budgets.
+    pub fn tenant_request_budgets(&self) -> &[BudgetPolicy] {
+        &self.tenant_requests
+    }
 }
 
 impl Policy {
@@ -93,16 +157,34 @@ impl Policy {
     /// use (a currency or timezone that no longer parses) leaves its tenant out, so the
     /// tenant is refused as unknown rather than served with a guess; it is logged.
     pub fn compile(sources: PolicySources, generation: u64) -> Policy {
+        let mut by_tenant: HashMap<String, Vec<BudgetPolicy>> = HashMap::new();
+        let mut global = Vec::new();
+        for budget in sources.budgets {
+            if budget.deleted_at.is_some() {
+                continue;
+            }
+            match budget.tenant_id.clone() {
+                Some(tenant) => by_tenant.entry(tenant).or_default().push(BudgetPolicy::compile(budget)),
+                None => global.push(BudgetPolicy::compile(budget)),
+            }
+        }
+        global.sort_by(|a, b| a.name.cmp(&b.name));
         let mut tenants = HashMap::with_capacity(sources.tenants.len());
         for tenant in sources.tenants {
-            match TenantPolicy::compile(tenant) {
+            let budgets = by_tenant.remove(&tenant.id).unwrap_or_default();
+            match TenantPolicy::compile(tenant, budgets) {
                 Ok(compiled) => {
                     tenants.insert(compiled.id.clone(), compiled);
                 }
                 Err((id, problem)) => tracing::error!(tenant = %id, %problem, "tenant left out of the policy"),
             }
         }
-        Policy { tenants, generation }
+        Policy { tenants, global_budgets: global.into_boxed_slice(), generation }
+    }
+
+    /// The live global budgets, by name.
+    pub fn global_budgets(&self) -> &[BudgetPolicy] {
+        &self.global_budgets
     }
 
     /// The tenant with slug `id`. A hash lookup: no lock, no allocation.
@@ -122,13 +204,19 @@ impl Policy {
 }
 
 impl TenantPolicy {
-    fn compile(tenant: Tenant) -> Result<TenantPolicy, (String, String)> {
+    fn compile(tenant: Tenant, mut budgets: Vec<BudgetPolicy>) -> Result<TenantPolicy, (String, String)> {
         let currency = tenant.currency.parse::<Currency>().map_err(|e| (tenant.id.clone(), e))?;
         let timezone = jiff::tz::TimeZone::get(&tenant.timezone)
             .map_err(|e| (tenant.id.clone(), format!("timezone '{}': {e}", tenant.timezone)))?;
         let mut models = tenant.models;
         models.sort_unstable();
         models.dedup();
+        budgets.sort_by(|a, b| a.name.cmp(&b.name));
+        let of = |scope: Scope, measure: Measure| -> Box<[BudgetPolicy]> {
+            budgets.iter().filter(|b| b.scope == scope && b.measure == measure).cloned().collect()
+        };
+        let session_requests = of(Scope::Session, Measure::Requests);
+        let tenant_requests = of(Scope::Tenant, Measure::Requests);
         Ok(TenantPolicy {
             id: tenant.id,
             status: tenant.status,
@@ -137,6 +225,9 @@ impl TenantPolicy {
             cost_centre: tenant.cost_centre,
             plan: tenant.plan,
             models: models.into_boxed_slice(),
+            budgets: budgets.into_boxed_slice(),
+            session_requests,
+            tenant_requests,
         })
     }
 }
@@ -163,7 +254,79 @@ pub(crate) mod tests {
 
     /// A snapshot of `tenants`.
     pub(crate) fn policy_of(tenants: Vec<Tenant>) -> Policy {
-        Policy::compile(PolicySources { tenants }, 1)
+        Policy::compile(PolicySources { tenants, budgets: Vec::new() }, 1)
+    }
+
+    /// A stored budget of `tenant` (global when `None`), as the ledger returns it.
+    pub(crate) fn budget(tenant: Option<&str>, name: &str, scope: Scope, measure: Measure, period: Period, amount: u64) -> Budget {
+        use crate::ledger::budgets::Amount;
+        Budget {
+            id: format!("b-{name}"),
+            name: name.to_owned(),
+            scope,
+            tenant_id: tenant.map(str::to_owned),
+            model: None,
+            measure,
+            token_type: None,
+            period,
+            amount: Amount::Count(amount),
+            currency: None,
+            enforcement: Enforcement::Hard,
+            alert_thresholds: Vec::new(),
+            overrides: Vec::new(),
+            effective_amount: Amount::Count(amount),
+            created_at: 0,
+            updated_at: 0,
+            deleted_at: None,
+            amount_units: amount as i64,
+        }
+    }
+
+    /// A snapshot of `tenants` and `budgets`.
+    pub(crate) fn policy_with(tenants: Vec<Tenant>, budgets: Vec<Budget>) -> Policy {
+        Policy::compile(PolicySources { tenants, budgets }, 1)
+    }
+
+    #[test]
+    fn budgets_are_compiled_per_tenant_and_indexed_by_scope_and_measure() {
+        use crate::ledger::budgets::{BudgetOverride, SessionPeriod};
+        let lifetime = Period::Session(SessionPeriod::Session);
+        let minute = Period::Window { window_seconds: 60 };
+        let mut raised = budget(Some("acme"), "per-session", Scope::Session, Measure::Requests, lifetime, 5);
+        raised.overrides.push(BudgetOverride {
+            id: "o".into(),
+            amount: crate::ledger::budgets::Amount::Count(8),
+            expires_at: i64::MAX,
+            approval_id: "a".into(),
+            created_at: 0,
+            units: 8,
+        });
+        let mut soft = budget(Some("acme"), "session-rpm", Scope::Session, Measure::Requests, minute, 10);
+        soft.enforcement = Enforcement::Soft;
+        let mut retired = budget(Some("acme"), "old", Scope::Session, Measure::Requests, minute, 1);
+        retired.deleted_at = Some(1);
+        let policy = policy_with(
+            vec![tenant("acme", TenantStatus::Active, &[]), tenant("beta", TenantStatus::Active, &[])],
+            vec![
+                raised,
+                soft,
+                retired,
+                budget(Some("acme"), "tenant-daily", Scope::Tenant, Measure::Requests, minute, 100),
+                budget(Some("acme"), "session-tokens", Scope::Session, Measure::Tokens, lifetime, 50_000),
+                budget(Some("gone"), "orphan", Scope::Tenant, Measure::Requests, minute, 1),
+                budget(None, "everyone", Scope::Global, Measure::Requests, minute, 1_000),
+            ],
+        );
+        let acme = policy.tenant("acme").unwrap();
+        let names = |budgets: &[BudgetPolicy]| budgets.iter().map(|b| b.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(acme.budgets()), ["per-session", "session-rpm", "session-tokens", "tenant-daily"]);
+        assert_eq!(names(acme.session_request_budgets()), ["per-session", "session-rpm"]);
+        assert_eq!(names(acme.tenant_request_budgets()), ["tenant-daily"]);
+        let per_session = &acme.session_request_budgets()[0];
+        assert_eq!((per_session.limit, per_session.hard, per_session.period), (8, true, lifetime), "the override is in force");
+        assert!(!acme.session_request_budgets()[1].hard);
+        assert!(policy.tenant("beta").unwrap().budgets().is_empty());
+        assert_eq!(names(policy.global_budgets()), ["everyone"]);
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod budgets;
 mod helpers;
 mod prices;
 mod propagation;
+mod quota_requests;
 mod reports;
 mod tenants;
 mod usage;
