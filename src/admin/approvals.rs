@@ -53,9 +53,10 @@ pub fn router() -> Router<AdminState> {
 pub async fn file_approval(
     State(state): State<AdminState>,
     caller: Caller,
-    Body(new): Body<NewApproval>,
+    new: Result<Body<NewApproval>, ApiError>,
 ) -> Result<(StatusCode, Json<Approval>), ApiError> {
     caller.require(&[Role::Tenant])?;
+    let Body(new) = new?;
     new.validate(state.ledger.now_ms())?;
     let mut tenant_id = new.tenant_id.clone().or_else(|| caller.scope().map(str::to_owned));
     let mut payload = new.payload.clone();
@@ -101,6 +102,7 @@ pub async fn file_approval(
 
 /// Filters and pagination for the request list.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ApprovalQuery {
     pub status: Option<ApprovalStatus>,
@@ -120,9 +122,10 @@ pub struct ApprovalQuery {
 pub async fn list_approvals(
     State(state): State<AdminState>,
     caller: Caller,
-    Query(query): Query<ApprovalQuery>,
+    query: Result<Query<ApprovalQuery>, ApiError>,
 ) -> Result<Json<List<Approval>>, ApiError> {
     caller.require(READERS)?;
+    let Query(query) = query?;
     let page = Page { limit: query.limit, offset: query.offset }.validate()?;
     if let Some(tenant) = &query.tenant_id {
         validate_slug("tenant_id", tenant)?;
@@ -199,8 +202,15 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalB
     }
 }
 
-async fn decide(state: AdminState, caller: Caller, id: String, decision: Decision, note: DecisionNote) -> Result<Json<Approval>, ApiError> {
+async fn decide(
+    state: AdminState,
+    caller: Caller,
+    id: String,
+    decision: Decision,
+    note: Result<OptionalBody<DecisionNote>, ApiError>,
+) -> Result<Json<Approval>, ApiError> {
     caller.require(&[Role::Approver])?;
+    let OptionalBody(note) = note?;
     let note = note.validate()?;
     let approval = visible_approval(&state, &caller, &id).await?;
     if approval.requested_by == caller.actor() {
@@ -221,7 +231,7 @@ pub async fn approve_approval(
     State(state): State<AdminState>,
     caller: Caller,
     Path(id): Path<String>,
-    OptionalBody(note): OptionalBody<DecisionNote>,
+    note: Result<OptionalBody<DecisionNote>, ApiError>,
 ) -> Result<Json<Approval>, ApiError> {
     decide(state, caller, id, Decision::Approve, note).await
 }
@@ -235,7 +245,7 @@ pub async fn reject_approval(
     State(state): State<AdminState>,
     caller: Caller,
     Path(id): Path<String>,
-    OptionalBody(note): OptionalBody<DecisionNote>,
+    note: Result<OptionalBody<DecisionNote>, ApiError>,
 ) -> Result<Json<Approval>, ApiError> {
     decide(state, caller, id, Decision::Reject, note).await
 }
@@ -249,9 +259,10 @@ pub async fn cancel_approval(
     State(state): State<AdminState>,
     caller: Caller,
     Path(id): Path<String>,
-    OptionalBody(note): OptionalBody<DecisionNote>,
+    note: Result<OptionalBody<DecisionNote>, ApiError>,
 ) -> Result<Json<Approval>, ApiError> {
     caller.require(READERS)?;
+    let OptionalBody(note) = note?;
     let note = note.validate()?;
     let approval = visible_approval(&state, &caller, &id).await?;
     if caller.role() != Role::Admin && approval.requested_by != caller.actor() {

@@ -19,6 +19,7 @@ pub fn router() -> Router<AdminState> {
 
 /// Filters for the audit log.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AuditParams {
     /// The token id that made the changes.
@@ -44,9 +45,10 @@ pub struct AuditParams {
 pub async fn list_audit(
     State(state): State<AdminState>,
     caller: Caller,
-    Query(params): Query<AuditParams>,
+    params: Result<Query<AuditParams>, ApiError>,
 ) -> Result<Json<List<AuditEntry>>, ApiError> {
     caller.require(&[Role::Finance])?;
+    let Query(params) = params?;
     let page = Page { limit: params.limit, offset: params.offset }.validate()?;
     for (field, value) in [("actor", &params.actor), ("entity_type", &params.entity_type), ("entity_id", &params.entity_id)] {
         if value.as_ref().is_some_and(|v| v.len() > 200) {

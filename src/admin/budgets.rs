@@ -34,9 +34,10 @@ pub fn router() -> Router<AdminState> {
 pub async fn create_budget(
     State(state): State<AdminState>,
     caller: Caller,
-    Body(new): Body<NewBudget>,
+    new: Result<Body<NewBudget>, ApiError>,
 ) -> Result<(StatusCode, Json<Budget>), ApiError> {
     caller.require(&[])?;
+    let Body(new) = new?;
     let def = new.validate()?;
     Ok((StatusCode::CREATED, Json(state.ledger.create_budget(caller.actor(), &def).await?)))
 }
@@ -62,6 +63,7 @@ pub async fn get_budget(State(state): State<AdminState>, caller: Caller, Path(id
 
 /// Filters and pagination for the budget list.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetQuery {
     /// Only this tenant's budgets.
@@ -85,9 +87,10 @@ pub struct BudgetQuery {
 pub async fn list_budgets(
     State(state): State<AdminState>,
     caller: Caller,
-    Query(query): Query<BudgetQuery>,
+    query: Result<Query<BudgetQuery>, ApiError>,
 ) -> Result<Json<List<Budget>>, ApiError> {
     caller.require(READERS)?;
+    let Query(query) = query?;
     let page = Page { limit: query.limit, offset: query.offset }.validate()?;
     if let Some(tenant) = &query.tenant_id {
         validate_slug("tenant_id", tenant)?;
@@ -113,9 +116,10 @@ pub async fn update_budget(
     State(state): State<AdminState>,
     caller: Caller,
     Path(id): Path<String>,
-    Body(update): Body<BudgetUpdate>,
+    update: Result<Body<BudgetUpdate>, ApiError>,
 ) -> Result<Json<Budget>, ApiError> {
     caller.require(&[])?;
+    let Body(update) = update?;
     // What is checked against here (scope, measure) never changes, so a stale read is safe.
     let budget = state.ledger.budget(&id).await?;
     let def = update.apply_to(&budget)?;

@@ -1,5 +1,9 @@
 //! Request extractors that answer in the admin API's error shape: a JSON body that names
 //! the offending field, and query strings.
+//!
+//! Handlers take these as `Result<Body<T>, ApiError>` / `Result<Query<T>, ApiError>` and
+//! unwrap them only after the caller's role check: a caller that may not use a route gets
+//! 403 whatever it sends, and a 422 always means authorization passed.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};

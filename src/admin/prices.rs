@@ -33,15 +33,17 @@ pub fn router() -> Router<AdminState> {
 pub async fn create_price(
     State(state): State<AdminState>,
     caller: Caller,
-    Body(new): Body<NewPrice>,
+    new: Result<Body<NewPrice>, ApiError>,
 ) -> Result<(StatusCode, Json<Price>), ApiError> {
     caller.require(&[])?;
+    let Body(new) = new?;
     let micros = new.validate()?;
     Ok((StatusCode::CREATED, Json(state.ledger.add_price(caller.actor(), &new, micros).await?)))
 }
 
 /// Filters and pagination for the price list.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PriceQuery {
     pub model: Option<String>,
@@ -61,9 +63,10 @@ pub struct PriceQuery {
 pub async fn list_prices(
     State(state): State<AdminState>,
     caller: Caller,
-    Query(query): Query<PriceQuery>,
+    query: Result<Query<PriceQuery>, ApiError>,
 ) -> Result<Json<List<Price>>, ApiError> {
     caller.require(READERS)?;
+    let Query(query) = query?;
     let page = Page { limit: query.limit, offset: query.offset }.validate()?;
     if let Some(model) = &query.model {
         validate_model("model", model)?;
@@ -86,6 +89,7 @@ pub async fn list_prices(
 
 /// What to look up.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct LookupQuery {
     pub model: String,
@@ -102,9 +106,10 @@ pub struct LookupQuery {
 pub async fn lookup_price(
     State(state): State<AdminState>,
     caller: Caller,
-    Query(query): Query<LookupQuery>,
+    query: Result<Query<LookupQuery>, ApiError>,
 ) -> Result<Json<Price>, ApiError> {
     caller.require(READERS)?;
+    let Query(query) = query?;
     validate_model("model", &query.model)?;
     validate_slug("token_type", &query.token_type)?;
     validate_currency("currency", &query.currency)?;

@@ -61,6 +61,7 @@ pub enum Format {
 
 /// Parameters of the spend report.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct SpendParams {
     /// Start, inclusive: an ISO date (`2026-11-01`, midnight in `timezone`) or an RFC 3339
@@ -133,9 +134,10 @@ pub struct SpendReportBody {
 pub async fn spend_report(
     State(state): State<AdminState>,
     caller: Caller,
-    Query(params): Query<SpendParams>,
+    params: Result<Query<SpendParams>, ApiError>,
 ) -> Result<Response, ApiError> {
     caller.require(READERS)?;
+    let Query(params) = params?;
     let tenant_id = scoped_tenant(&caller, params.tenant_id.as_deref())?;
     let timezone_name = params.timezone.clone().unwrap_or_else(|| "UTC".to_owned());
     validate_timezone("timezone", &timezone_name)?;
@@ -361,6 +363,7 @@ fn csv_response(filename: &str, body: Vec<u8>) -> Response {
 
 /// Parameters of the budget report.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetParams {
     /// Only this tenant (a tenant token is always limited to its own).
@@ -403,9 +406,10 @@ const BUDGET_COLUMNS: [&str; 15] = [
 pub async fn budget_report(
     State(state): State<AdminState>,
     caller: Caller,
-    Query(params): Query<BudgetParams>,
+    params: Result<Query<BudgetParams>, ApiError>,
 ) -> Result<Response, ApiError> {
     caller.require(READERS)?;
+    let Query(params) = params?;
     let tenant_id = scoped_tenant(&caller, params.tenant_id.as_deref())?;
     let format = params.format.unwrap_or_default();
     if format == Format::Csv && (params.limit.is_some() || params.offset.is_some()) {
@@ -468,9 +472,10 @@ fn name<T: Serialize>(value: &T) -> String {
 pub async fn create_adjustment(
     State(state): State<AdminState>,
     caller: Caller,
-    Body(new): Body<NewAdjustment>,
+    new: Result<Body<NewAdjustment>, ApiError>,
 ) -> Result<(StatusCode, Json<Adjustment>), ApiError> {
     caller.require(&[])?;
+    let Body(new) = new?;
     let micros = new.validate()?;
     Ok((StatusCode::CREATED, Json(state.ledger.record_adjustment(caller.actor(), &new, micros).await?)))
 }

@@ -29,9 +29,10 @@ pub fn router() -> Router<AdminState> {
 pub async fn create_tenant(
     State(state): State<AdminState>,
     caller: Caller,
-    Body(new): Body<NewTenant>,
+    new: Result<Body<NewTenant>, ApiError>,
 ) -> Result<(StatusCode, Json<Tenant>), ApiError> {
     caller.require(&[])?;
+    let Body(new) = new?;
     new.validate()?;
     let tenant = state.ledger.create_tenant(caller.actor(), &new).await?;
     Ok((StatusCode::CREATED, Json(tenant)))
@@ -48,6 +49,7 @@ pub async fn get_tenant(State(state): State<AdminState>, caller: Caller, Path(id
 
 /// Filters and pagination for the tenant list.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct TenantQuery {
     /// Only tenants in this state.
@@ -68,9 +70,10 @@ pub struct TenantQuery {
 pub async fn list_tenants(
     State(state): State<AdminState>,
     caller: Caller,
-    Query(query): Query<TenantQuery>,
+    query: Result<Query<TenantQuery>, ApiError>,
 ) -> Result<Json<List<Tenant>>, ApiError> {
     caller.require(&[Role::Approver, Role::Finance, Role::Tenant])?;
+    let Query(query) = query?;
     let page = Page { limit: query.limit, offset: query.offset }.validate()?;
     if let Some(cc) = &query.cost_centre {
         validate_text("cost_centre", cc, 100)?;
@@ -93,9 +96,10 @@ pub async fn update_tenant(
     State(state): State<AdminState>,
     caller: Caller,
     Path(id): Path<String>,
-    Body(update): Body<TenantUpdate>,
+    update: Result<Body<TenantUpdate>, ApiError>,
 ) -> Result<Json<Tenant>, ApiError> {
     caller.require(&[])?;
+    let Body(update) = update?;
     update.validate()?;
     Ok(Json(state.ledger.update_tenant(caller.actor(), &id, &update).await?))
 }

@@ -26,9 +26,10 @@ pub fn router() -> Router<AdminState> {
 pub async fn create_token(
     State(state): State<AdminState>,
     caller: Caller,
-    Body(new): Body<NewToken>,
+    new: Result<Body<NewToken>, ApiError>,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
     caller.require(&[])?;
+    let Body(new) = new?;
     new.validate()?;
     if let Some(tenant) = &new.tenant_id {
         state.ledger.tenant(tenant).await?;
@@ -38,6 +39,7 @@ pub async fn create_token(
 
 /// Pagination for the token list.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct TokenQuery {
     /// Items per page, 1-500 (default 50).
@@ -54,9 +56,10 @@ pub struct TokenQuery {
 pub async fn list_tokens(
     State(state): State<AdminState>,
     caller: Caller,
-    Query(query): Query<TokenQuery>,
+    query: Result<Query<TokenQuery>, ApiError>,
 ) -> Result<Json<List<ApiToken>>, ApiError> {
     caller.require(&[])?;
+    let Query(query) = query?;
     let page = Page { limit: query.limit, offset: query.offset }.validate()?;
     Ok(Json(List::page(state.ledger.tokens(page.limit + 1, page.offset).await?, page)))
 }
