@@ -93,7 +93,6 @@ impl Drop for TestDb {
 /// A running app with an admin client.
 pub struct AdminApp {
     pub base: String,
-    pub grpc: String,
     pub clock: ManualClock,
     pub db: Db,
     pub rules: TempDir,
@@ -146,14 +145,13 @@ pub async fn spawn_on(db: Db, database: Arc<TestDb>, tweak: impl FnOnce(&mut Set
     let base = format!("http://{}/v1", app.http_addr());
     let grpc = format!("http://{}", app.grpc_addr());
     let ledger = app.ledger().clone();
-    let rls = RateLimitServiceClient::new(Channel::from_shared(grpc.clone()).unwrap().connect_lazy());
+    let rls = RateLimitServiceClient::new(Channel::from_shared(grpc).unwrap().connect_lazy());
     let (stop, stopped) = oneshot::channel();
     tokio::spawn(app.run(async {
         let _ = stopped.await;
     }));
     AdminApp {
         base,
-        grpc,
         clock,
         db,
         rules,
