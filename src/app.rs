@@ -83,7 +83,7 @@ impl App {
             background.push(store.spawn_sweeper(SWEEP_EVERY));
             Store::Memory(store)
         } else {
-            let store = RedisStore::connect(&settings.store, settings.store_deadline())
+            let store = RedisStore::connect_with(settings.redis_options())
                 .await
                 .with_context(|| format!("cannot use store {}", redact_url(&settings.store)))?;
             Store::Redis(store)

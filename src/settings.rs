@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::limiter::{HeaderNames, LimiterOptions};
 use crate::rules::LoadOptions;
+use crate::store::redis::RedisOptions;
 
 /// Everything an operator can set. The README's configuration reference lists each
 /// field with its reference-service equivalent.
@@ -32,6 +33,14 @@ pub struct Settings {
     pub store: String,
     /// Longest wait for the store before the call fails with UNAVAILABLE, in milliseconds.
     pub store_deadline_ms: u64,
+    /// PEM file of the CA certificates a `rediss` store's servers are verified against,
+    /// instead of the public webpki roots (`REDIS_TLS_CACERT`).
+    pub redis_tls_ca_file: Option<PathBuf>,
+    /// PEM file of the client certificate presented to Redis servers that ask for one;
+    /// needs `redis_tls_client_key_file` (`REDIS_TLS_CLIENT_CERT`).
+    pub redis_tls_client_cert_file: Option<PathBuf>,
+    /// PEM file of that certificate's private key (`REDIS_TLS_CLIENT_KEY`).
+    pub redis_tls_client_key_file: Option<PathBuf>,
     /// Prepended to every counter key (`CACHE_KEY_PREFIX`).
     pub key_prefix: String,
     /// Fraction of a limit past which hits count as near it (`NEAR_LIMIT_RATIO`).
@@ -92,6 +101,9 @@ impl Default for Settings {
             merge_domains: false,
             store: "memory".into(),
             store_deadline_ms: 10,
+            redis_tls_ca_file: None,
+            redis_tls_client_cert_file: None,
+            redis_tls_client_key_file: None,
             key_prefix: String::new(),
             near_limit_ratio: 0.8,
             shadow_mode: false,
@@ -164,6 +176,7 @@ impl Settings {
         if !known.iter().any(|k| self.store == *k || (k.ends_with("://") && self.store.starts_with(k))) {
             return invalid("store", "must be 'memory' or a redis://, rediss://, redis+sentinel:// or redis+cluster:// URL");
         }
+        self.validate_redis_tls()?;
         if !["sqlite:", "postgres://", "postgresql://"].iter().any(|p| self.database_url.starts_with(p)) {
             return invalid("database_url", "must be a sqlite:// path or a postgres:// URL");
         }
@@ -183,6 +196,45 @@ impl Settings {
             }
         }
         Ok(())
+    }
+
+    /// The Redis TLS files: given only with a TLS store, the client certificate and key
+    /// together, each one readable PEM of the right kind, the key the certificate's.
+    fn validate_redis_tls(&self) -> Result<(), SettingsError> {
+        let files = [
+            ("redis_tls_ca_file", &self.redis_tls_ca_file),
+            ("redis_tls_client_cert_file", &self.redis_tls_client_cert_file),
+            ("redis_tls_client_key_file", &self.redis_tls_client_key_file),
+        ];
+        let Some((field, _)) = files.iter().find(|(_, file)| file.is_some()) else {
+            return Ok(());
+        };
+        let tls = ["rediss://", "rediss+sentinel://", "rediss+cluster://"];
+        if !tls.iter().any(|p| self.store.starts_with(p)) {
+            return Err(SettingsError::Invalid {
+                field,
+                problem: format!(
+                    "only applies to a TLS Redis store (rediss://, rediss+sentinel:// or rediss+cluster://), and store is {}",
+                    redact_url(&self.store)
+                ),
+            });
+        }
+        match self.redis_options().tls_certificates() {
+            Ok(_) => Ok(()),
+            Err(e) => Err(SettingsError::Invalid {
+                field: e.file.setting(),
+                problem: e.problem,
+            }),
+        }
+    }
+
+    /// How to reach the Redis store (when `store` names one).
+    pub fn redis_options(&self) -> RedisOptions {
+        let mut options = RedisOptions::new(self.store.clone(), self.store_deadline());
+        options.tls_ca_file = self.redis_tls_ca_file.clone();
+        options.tls_client_cert_file = self.redis_tls_client_cert_file.clone();
+        options.tls_client_key_file = self.redis_tls_client_key_file.clone();
+        options
     }
 
     /// The limiter's options.
@@ -306,6 +358,27 @@ mod tests {
             jail.set_env("TOLLGATE_STORE_DEADLINE_MS", "soon");
             let err = Settings::load(None).unwrap_err().to_string();
             assert!(err.contains("STORE_DEADLINE_MS") && err.contains("TOLLGATE_"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure returns figment::Error
+    fn redis_tls_files_come_from_the_environment_and_are_checked() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("TOLLGATE_STORE", "rediss://localhost:6380");
+            jail.set_env("TOLLGATE_REDIS_TLS_CA_FILE", "missing-ca.pem");
+            let err = Settings::load(None).unwrap_err().to_string();
+            assert!(err.contains("'redis_tls_ca_file'") && err.contains("missing-ca.pem") && err.contains("does not exist"), "{err}");
+            jail.create_file("not-a-cert.pem", "hello\n")?;
+            jail.set_env("TOLLGATE_REDIS_TLS_CA_FILE", "not-a-cert.pem");
+            let err = Settings::load(None).unwrap_err().to_string();
+            assert!(err.contains("'redis_tls_ca_file'") && err.contains("no PEM certificate"), "{err}");
+            jail.clear_env();
+            jail.set_env("TOLLGATE_STORE", "rediss://localhost:6380");
+            jail.set_env("TOLLGATE_REDIS_TLS_CLIENT_CERT_FILE", "client.pem");
+            let err = Settings::load(None).unwrap_err().to_string();
+            assert!(err.contains("'redis_tls_client_key_file'") && err.contains("not set"), "{err}");
             Ok(())
         });
     }

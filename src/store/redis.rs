@@ -15,7 +15,7 @@
 //! # URL forms
 //!
 //! - `redis://[user:pass@]host[:port][/db]`: one node (port 6379 by default).
-//! - `rediss://...`: the same over TLS (rustls, webpki roots).
+//! - `rediss://...`: the same over TLS (rustls).
 //! - `redis+sentinel://[user:pass@]host1[:port1],host2[:port2]/<master-name>[/db]`: the
 //!   master that Sentinel names (sentinel port 26379 by default); `rediss+sentinel://`
 //!   speaks TLS to the sentinels and the master. The credentials are the master's; the
@@ -24,8 +24,27 @@
 //!   any of the listed nodes (database 0 only); `rediss+cluster://` over TLS.
 //!
 //! User and password may be percent-encoded (`p%40ss` for `p@ss`); `:pass@` alone gives a
-//! password without a user. IPv6 hosts go in brackets (`[::1]:6379`). A `#insecure`
-//! fragment on a TLS URL skips certificate verification (tests only).
+//! password without a user. IPv6 hosts go in brackets (`[::1]:6379`).
+//!
+//! # TLS
+//!
+//! A `rediss` URL verifies the server's certificate, and the name it is reached by, against
+//! the public webpki roots, or, when [`RedisOptions::tls_ca_file`] is set, against the CA
+//! certificates in that file only (a private CA). [`RedisOptions::tls_client_cert_file`]
+//! and [`RedisOptions::tls_client_key_file`] (always both) give a client certificate for
+//! servers that demand one (`tls-auth-clients yes`). The same CA and client certificate
+//! serve every connection: the node, every Cluster node, and both the sentinels and the
+//! master under Sentinel. Cluster nodes and the Sentinel master are reached at the
+//! addresses the cluster or the sentinels report, usually IP addresses, which their
+//! certificates must then name. The files are read and checked (PEM, the key matching the
+//! certificate) when the store is built; a problem fails the build, naming the setting and
+//! the path ([`TlsFileError`]).
+//!
+//! A `#insecure` fragment on a TLS URL skips certificate verification (tests only). A
+//! client certificate still works with it, except under Sentinel: redis 1.x presents no
+//! client certificate to the master when verification is off, so that combination is
+//! refused when the store is built, as is a CA file with `#insecure` (the CA would never
+//! be consulted) and any TLS file with a URL that is not `rediss`.
 //!
 //! # Connections
 //!
@@ -56,6 +75,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, RwLock, Weak};
 use std::time::Duration;
@@ -65,9 +85,12 @@ use redis::cluster::{ClusterClientBuilder, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{
-    AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo,
-    RedisConnectionInfo, RedisError, RedisResult, Script, ScriptInvocation, TlsMode,
+    AsyncConnectionConfig, Client, ClientTlsConfig, ConnectionAddr, ConnectionInfo,
+    IntoConnectionInfo, RedisConnectionInfo, RedisError, RedisResult, Script,
+    ScriptInvocation, TlsCertificates, TlsMode,
 };
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
@@ -208,6 +231,15 @@ pub struct RedisOptions {
     pub sentinel_username: Option<String>,
     /// Password for the sentinels themselves (Sentinel only).
     pub sentinel_password: Option<String>,
+    /// PEM file of the CA certificates to trust instead of the public webpki roots
+    /// (`rediss` URLs only; see the module doc's TLS section).
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM file of the client certificate (its chain may follow it) to present to servers
+    /// that ask for one; needs [`Self::tls_client_key_file`].
+    pub tls_client_cert_file: Option<PathBuf>,
+    /// PEM file of the client certificate's private key (PKCS#8, PKCS#1 or SEC1, not
+    /// encrypted); needs [`Self::tls_client_cert_file`].
+    pub tls_client_key_file: Option<PathBuf>,
 }
 
 impl RedisOptions {
@@ -219,8 +251,176 @@ impl RedisOptions {
             connect_timeout: Duration::from_secs(1),
             sentinel_username: None,
             sentinel_password: None,
+            tls_ca_file: None,
+            tls_client_cert_file: None,
+            tls_client_key_file: None,
         }
     }
+
+    /// The TLS files read and checked, ready for redis; `None` when none is set.
+    ///
+    /// Checks that the client certificate and key come together, that every file exists,
+    /// can be read and holds PEM of the right kind, that the CA certificates can serve as
+    /// trust anchors, and that the key belongs to the certificate. Whether the files suit
+    /// the URL is checked when the store is built.
+    pub fn tls_certificates(&self) -> Result<Option<TlsCertificates>, TlsFileError> {
+        let (cert, key) = match (&self.tls_client_cert_file, &self.tls_client_key_file) {
+            (Some(cert), Some(key)) => (Some(cert.as_path()), Some(key.as_path())),
+            (None, None) => (None, None),
+            (Some(cert), None) => {
+                return Err(TlsFileError {
+                    file: TlsFile::ClientKey,
+                    problem: format!(
+                        "not set, but {} is ({}); a client certificate needs its key",
+                        TlsFile::ClientCert.setting(),
+                        cert.display()
+                    ),
+                });
+            }
+            (None, Some(key)) => {
+                return Err(TlsFileError {
+                    file: TlsFile::ClientCert,
+                    problem: format!(
+                        "not set, but {} is ({}); a client key needs its certificate",
+                        TlsFile::ClientKey.setting(),
+                        key.display()
+                    ),
+                });
+            }
+        };
+        let ca = self.tls_ca_file.as_deref();
+        if ca.is_none() && cert.is_none() {
+            return Ok(None);
+        }
+        // The checks redis' rustls connector would make on every connection attempt, made
+        // once, now, with the file named.
+        let mut roots = rustls::RootCertStore::empty();
+        let root_cert = match ca {
+            Some(path) => {
+                let pem = read_tls_file(TlsFile::Ca, path)?;
+                for cert in pem_certificates(TlsFile::Ca, path, &pem)? {
+                    roots.add(cert).map_err(|e| {
+                        TlsFile::Ca.error(path, format!("holds a certificate that cannot be a CA: {e}"))
+                    })?;
+                }
+                Some(pem)
+            }
+            None => None,
+        };
+        let client_tls = match (cert, key) {
+            (Some(cert_path), Some(key_path)) => {
+                let cert_pem = read_tls_file(TlsFile::ClientCert, cert_path)?;
+                let chain = pem_certificates(TlsFile::ClientCert, cert_path, &cert_pem)?;
+                let key_pem = read_tls_file(TlsFile::ClientKey, key_path)?;
+                let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+                    let problem = match e {
+                        rustls::pki_types::pem::Error::NoItemsFound => {
+                            "holds no PEM private key (BEGIN PRIVATE KEY, BEGIN RSA PRIVATE \
+                             KEY or BEGIN EC PRIVATE KEY; encrypted keys are not supported)"
+                                .to_owned()
+                        }
+                        other => format!("is not a valid PEM private key: {other}"),
+                    };
+                    TlsFile::ClientKey.error(key_path, problem)
+                })?;
+                rustls::ClientConfig::builder()
+                    .with_root_certificates(roots)
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| match e {
+                        rustls::Error::InconsistentKeys(_) => TlsFile::ClientKey.error(
+                            key_path,
+                            format!(
+                                "is not the key of the certificate in {}",
+                                cert_path.display()
+                            ),
+                        ),
+                        rustls::Error::InvalidCertificate(_) => {
+                            TlsFile::ClientCert
+                                .error(cert_path, format!("is not a usable certificate: {e}"))
+                        }
+                        other => TlsFile::ClientKey
+                            .error(key_path, format!("is not a usable private key: {other}")),
+                    })?;
+                Some(ClientTlsConfig {
+                    client_cert: cert_pem,
+                    client_key: key_pem,
+                })
+            }
+            _ => None,
+        };
+        Ok(Some(TlsCertificates {
+            client_tls,
+            root_cert,
+        }))
+    }
+}
+
+/// Which of the Redis TLS files a problem is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFile {
+    /// The CA certificates to trust ([`RedisOptions::tls_ca_file`]).
+    Ca,
+    /// The client certificate ([`RedisOptions::tls_client_cert_file`]).
+    ClientCert,
+    /// The client certificate's key ([`RedisOptions::tls_client_key_file`]).
+    ClientKey,
+}
+
+impl TlsFile {
+    /// The setting that names this file.
+    pub fn setting(self) -> &'static str {
+        match self {
+            TlsFile::Ca => "redis_tls_ca_file",
+            TlsFile::ClientCert => "redis_tls_client_cert_file",
+            TlsFile::ClientKey => "redis_tls_client_key_file",
+        }
+    }
+
+    fn error(self, path: &Path, problem: String) -> TlsFileError {
+        TlsFileError {
+            file: self,
+            problem: format!("{} {problem}", path.display()),
+        }
+    }
+}
+
+/// A Redis TLS file that cannot be used: the message names the setting, the path and the
+/// problem.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {problem}", file.setting())]
+pub struct TlsFileError {
+    /// The file in question.
+    pub file: TlsFile,
+    /// What is wrong, starting with the path when one is set.
+    pub problem: String,
+}
+
+fn read_tls_file(file: TlsFile, path: &Path) -> Result<Vec<u8>, TlsFileError> {
+    std::fs::read(path).map_err(|e| {
+        let problem = match e.kind() {
+            std::io::ErrorKind::NotFound => "does not exist".to_owned(),
+            _ => format!("cannot be read: {e}"),
+        };
+        file.error(path, problem)
+    })
+}
+
+/// The certificates in `pem`, at least one.
+fn pem_certificates(
+    file: TlsFile,
+    path: &Path,
+    pem: &[u8],
+) -> Result<Vec<CertificateDer<'static>>, TlsFileError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file.error(path, format!("is not valid PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(file.error(
+            path,
+            "holds no PEM certificate (-----BEGIN CERTIFICATE-----)".to_owned(),
+        ));
+    }
+    Ok(certs)
 }
 
 impl fmt::Debug for RedisOptions {
@@ -238,6 +438,9 @@ impl fmt::Debug for RedisOptions {
                 "sentinel_password",
                 &self.sentinel_password.as_ref().map(|_| "<redacted>"),
             )
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_client_cert_file", &self.tls_client_cert_file)
+            .field("tls_client_key_file", &self.tls_client_key_file)
             .finish()
     }
 }
@@ -632,13 +835,16 @@ impl RedisStore {
 
     /// Builds the store for `options`, waiting at most `connect_timeout` for a first PING.
     ///
-    /// Fails only on a malformed URL or configuration ([`StoreError::Unavailable`] naming
-    /// the problem).
+    /// Fails only on a malformed URL or configuration, TLS files included
+    /// ([`StoreError::Unavailable`] naming the problem).
     pub async fn connect_with(options: RedisOptions) -> Result<RedisStore, StoreError> {
         let target =
             RedisTarget::parse(&options.url).map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        let backend = build_backend(&target, &options)
-            .map_err(|e| StoreError::Unavailable(format!("invalid Redis configuration: {e}")))?;
+        let invalid = |e: &dyn fmt::Display| {
+            StoreError::Unavailable(format!("invalid Redis configuration: {e}"))
+        };
+        let certs = tls_for(&target, &options).map_err(|e| invalid(&e))?;
+        let backend = build_backend(&target, &options, certs).map_err(|e| invalid(&e))?;
         let inner = Arc::new(Inner {
             backend,
             deadline: options.deadline,
@@ -795,12 +1001,72 @@ impl Inner {
     }
 }
 
-fn build_backend(target: &RedisTarget, options: &RedisOptions) -> RedisResult<Backend> {
+/// The TLS files of `options`, checked against each other and against `target`.
+fn tls_for(target: &RedisTarget, options: &RedisOptions) -> Result<Option<TlsCertificates>, String> {
+    let Some(certs) = options.tls_certificates().map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    let set = [
+        (TlsFile::Ca, certs.root_cert.is_some()),
+        (TlsFile::ClientCert, certs.client_tls.is_some()),
+    ]
+    .iter()
+    .filter(|(_, set)| *set)
+    .map(|(file, _)| file.setting())
+    .collect::<Vec<_>>()
+    .join(" and ");
+    if !target.tls {
+        return Err(format!(
+            "{set} set, but `{}` does not use TLS; use a rediss://, rediss+sentinel:// or \
+             rediss+cluster:// URL, or unset them",
+            target.redacted()
+        ));
+    }
+    if target.insecure && certs.root_cert.is_some() {
+        return Err(format!(
+            "{} set, but `{}` skips certificate verification (#insecure), so the CA would \
+             never be consulted; drop #insecure (or the CA file)",
+            TlsFile::Ca.setting(),
+            target.redacted()
+        ));
+    }
+    if target.insecure
+        && certs.client_tls.is_some()
+        && matches!(target.topology, Topology::Sentinel { .. })
+    {
+        return Err(format!(
+            "{} cannot be used with #insecure under Sentinel (`{}`): redis 1.x presents no \
+             client certificate to the master when verification is off; trust the servers' \
+             CA with {} instead of #insecure",
+            TlsFile::ClientCert.setting(),
+            target.redacted(),
+            TlsFile::Ca.setting()
+        ));
+    }
+    Ok(Some(certs))
+}
+
+fn build_backend(
+    target: &RedisTarget,
+    options: &RedisOptions,
+    certs: Option<TlsCertificates>,
+) -> RedisResult<Backend> {
     let connect_timeout = options.connect_timeout.max(options.deadline);
+    let mode = if target.insecure {
+        TlsMode::Insecure
+    } else {
+        TlsMode::Secure
+    };
     match &target.topology {
         Topology::Node => {
             let (host, port) = &target.hosts[0];
-            let client = Client::open(target.connection_info(host, *port)?)?;
+            let info = target.connection_info(host, *port)?;
+            let client = match certs {
+                // Keeps the address' `insecure` flag; the certificates become its TLS
+                // parameters.
+                Some(certs) => Client::build_with_tls(info, certs)?,
+                None => Client::open(info)?,
+            };
             // One connection attempt per call or probe: a caller never waits behind a
             // backoff schedule, and the probe keeps retrying every second.
             let config = ConnectionManagerConfig::new()
@@ -821,14 +1087,14 @@ fn build_backend(target: &RedisTarget, options: &RedisOptions) -> RedisResult<Ba
                 SentinelClientBuilder::new(sentinels, master, SentinelServerType::Master)?
                     .set_client_to_redis_db(target.db);
             if target.tls {
-                let mode = if target.insecure {
-                    TlsMode::Insecure
-                } else {
-                    TlsMode::Secure
-                };
                 builder = builder
                     .set_client_to_redis_tls_mode(mode)
                     .set_client_to_sentinel_tls_mode(mode);
+            }
+            if let Some(certs) = certs {
+                builder = builder
+                    .set_client_to_redis_certificates(certs.clone())
+                    .set_client_to_sentinel_certificates(certs);
             }
             if let Some(user) = &target.username {
                 builder = builder.set_client_to_redis_username(user);
@@ -858,10 +1124,14 @@ fn build_backend(target: &RedisTarget, options: &RedisOptions) -> RedisResult<Ba
                 .iter()
                 .map(|(h, p)| target.connection_info(h, *p))
                 .collect::<RedisResult<Vec<_>>>()?;
-            let client = ClusterClientBuilder::new(nodes)
+            let mut builder = ClusterClientBuilder::new(nodes)
                 .connection_timeout(connect_timeout)
-                .response_timeout(connect_timeout)
-                .build()?;
+                .response_timeout(connect_timeout);
+            if let Some(certs) = certs {
+                // `certs` alone would switch an `#insecure` URL to verified TLS.
+                builder = builder.tls(mode).certs(certs);
+            }
+            let client = builder.build()?;
             let config = ClusterConfig::new()
                 .set_connection_timeout(connect_timeout)
                 .set_response_timeout(connect_timeout);
