@@ -148,8 +148,11 @@ impl Settings {
             }
             figment = figment.merge(Toml::file(file));
         }
-        // `TOLLGATE_CONFIG` names the settings file itself and is not a setting.
-        let env = Env::prefixed("TOLLGATE_").ignore(&["config"]);
+        // `TOLLGATE_CONFIG` names the settings file itself, and `TOLLGATE_TEST_*` belong to
+        // the test suite (which databases to use): neither is a setting.
+        let env = Env::prefixed("TOLLGATE_")
+            .ignore(&["config"])
+            .filter(|key| !key.as_str().get(..5).is_some_and(|p| p.eq_ignore_ascii_case("test_")));
         let settings: Settings = figment.merge(env).extract().map_err(Box::new)?;
         settings.validate()?;
         Ok(settings)
@@ -379,6 +382,19 @@ mod tests {
             jail.set_env("TOLLGATE_REDIS_TLS_CLIENT_CERT_FILE", "client.pem");
             let err = Settings::load(None).unwrap_err().to_string();
             assert!(err.contains("'redis_tls_client_key_file'") && err.contains("not set"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn test_suite_variables_are_not_settings() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("TOLLGATE_TEST_POSTGRES_URL", "postgres://x@127.0.0.1/y");
+            jail.set_env("TOLLGATE_KEY_PREFIX", "p:");
+            let s = Settings::load(None).expect("test variables are ignored");
+            assert_eq!(s.key_prefix, "p:");
+            jail.set_env("TOLLGATE_STROE", "memory");
+            assert!(Settings::load(None).unwrap_err().to_string().contains("stroe"));
             Ok(())
         });
     }
