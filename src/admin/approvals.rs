@@ -27,7 +27,7 @@ use crate::ledger::approvals::{
     Approval, ApprovalFiling, ApprovalFilter, ApprovalKind, ApprovalStatus, Decision, MAX_TEXT, NewApproval,
 };
 use crate::ledger::budgets::Amount;
-use crate::ledger::tenants::{Invalid, validate_slug, validate_text};
+use crate::ledger::tenants::{Invalid, validate_text};
 use crate::ledger::tokens::Role;
 
 /// Who may read requests (a tenant token only its own tenant's).
@@ -127,14 +127,10 @@ pub async fn list_approvals(
     caller.require(READERS)?;
     let Query(query) = query?;
     let page = Page { limit: query.limit, offset: query.offset }.validate()?;
-    if let Some(tenant) = &query.tenant_id {
-        validate_slug("tenant_id", tenant)?;
-        caller.may_see(tenant)?;
-    }
     let filter = ApprovalFilter {
         status: query.status,
         kind: query.kind,
-        tenant_id: caller.scope().map(str::to_owned).or(query.tenant_id),
+        tenant_id: caller.tenant_filter(query.tenant_id.as_deref())?,
         limit: page.limit + 1,
         offset: page.offset,
     };

@@ -6,6 +6,7 @@ use axum::http::request::Parts;
 
 use super::AdminState;
 use super::error::ApiError;
+use crate::ledger::tenants::validate_slug;
 use crate::ledger::tokens::{ApiToken, Role};
 
 /// The authenticated caller of an admin request.
@@ -50,6 +51,23 @@ impl Caller {
             Some(own) if own != tenant => Err(ApiError::NotFound(format!("tenant '{tenant}' not found"))),
             _ => Ok(()),
         }
+    }
+}
+
+impl Caller {
+    /// The tenant a list or report is limited to: a tenant token's own whatever it asks
+    /// (asking for another answers 404), else the `tenant_id` asked for, if any.
+    pub fn tenant_filter(&self, asked: Option<&str>) -> Result<Option<String>, ApiError> {
+        if let Some(tenant) = asked {
+            validate_slug("tenant_id", tenant)?;
+            self.may_see(tenant)?;
+        }
+        if self.role() == Role::Tenant {
+            // A tenant token without a tenant would otherwise see every tenant's data.
+            let own = self.scope().ok_or_else(|| ApiError::Forbidden("this tenant token has no tenant".to_owned()))?;
+            return Ok(Some(own.to_owned()));
+        }
+        Ok(asked.map(str::to_owned))
     }
 }
 

@@ -12,7 +12,6 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{Body, Page, Query, default_limit};
 use super::{AdminState, List};
 use crate::ledger::budgets::{Budget, BudgetFilter, BudgetUpdate, NewBudget, Scope};
-use crate::ledger::tenants::validate_slug;
 use crate::ledger::tokens::Role;
 
 /// Who may read budgets (a tenant token only its own tenant's).
@@ -92,13 +91,8 @@ pub async fn list_budgets(
     caller.require(READERS)?;
     let Query(query) = query?;
     let page = Page { limit: query.limit, offset: query.offset }.validate()?;
-    if let Some(tenant) = &query.tenant_id {
-        validate_slug("tenant_id", tenant)?;
-        caller.may_see(tenant)?;
-    }
     let filter = BudgetFilter {
-        // A tenant token's list is its own tenant's, whatever it asks.
-        tenant_id: caller.scope().map(str::to_owned).or(query.tenant_id),
+        tenant_id: caller.tenant_filter(query.tenant_id.as_deref())?,
         scope: query.scope,
         include_retired: query.include_retired,
         limit: page.limit + 1,

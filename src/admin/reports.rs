@@ -28,7 +28,7 @@ use super::extract::{Body, Page, Query, default_limit};
 use super::{AdminState, List};
 use crate::ledger::prices::{MAX_TIME_MS, validate_model};
 use crate::ledger::reports::{BudgetStatus, Dimension, Granularity, SpendQuery, SpendReport};
-use crate::ledger::tenants::{Invalid, validate_slug, validate_timezone};
+use crate::ledger::tenants::{Invalid, validate_timezone};
 use crate::ledger::tokens::Role;
 use crate::ledger::usage::{Adjustment, NewAdjustment};
 use crate::money::format_micros;
@@ -138,7 +138,7 @@ pub async fn spend_report(
 ) -> Result<Response, ApiError> {
     caller.require(READERS)?;
     let Query(params) = params?;
-    let tenant_id = scoped_tenant(&caller, params.tenant_id.as_deref())?;
+    let tenant_id = caller.tenant_filter(params.tenant_id.as_deref())?;
     let timezone_name = params.timezone.clone().unwrap_or_else(|| "UTC".to_owned());
     validate_timezone("timezone", &timezone_name)?;
     let timezone = TimeZone::get(&timezone_name).map_err(|_| Invalid::new("timezone", "is not an IANA timezone"))?;
@@ -187,21 +187,6 @@ pub async fn spend_report(
         None => Ok(csv_response("spend.csv", spend_csv(&report)?)),
         Some(page) => Ok(Json(spend_json(&report, from, to, timezone_name, page)).into_response()),
     }
-}
-
-/// The tenant a report is limited to: a tenant token's own (another one answers 404),
-/// or the `tenant_id` asked for.
-fn scoped_tenant(caller: &Caller, asked: Option<&str>) -> Result<Option<String>, ApiError> {
-    if let Some(tenant) = asked {
-        validate_slug("tenant_id", tenant)?;
-        caller.may_see(tenant)?;
-    }
-    if caller.role() == Role::Tenant {
-        // A tenant token without a tenant would otherwise see everyone's spend.
-        let own = caller.scope().ok_or_else(|| ApiError::Forbidden("this tenant token has no tenant".to_owned()))?;
-        return Ok(Some(own.to_owned()));
-    }
-    Ok(asked.map(str::to_owned))
 }
 
 /// Parses `from`/`to`: an ISO date is midnight in `timezone`; a timestamp needs an offset.
@@ -410,7 +395,7 @@ pub async fn budget_report(
 ) -> Result<Response, ApiError> {
     caller.require(READERS)?;
     let Query(params) = params?;
-    let tenant_id = scoped_tenant(&caller, params.tenant_id.as_deref())?;
+    let tenant_id = caller.tenant_filter(params.tenant_id.as_deref())?;
     let format = params.format.unwrap_or_default();
     if format == Format::Csv && (params.limit.is_some() || params.offset.is_some()) {
         let field = if params.limit.is_some() { "limit" } else { "offset" };

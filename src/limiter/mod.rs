@@ -204,9 +204,11 @@ impl Limiter {
             return Ok(self.finish(request, &[], vec![Status::default(); n]));
         };
         // Quota domains check tenants first; the snapshot is only borrowed while they do.
-        let policy = domain.quota.as_ref().map(|keys| (keys, self.policy.load()));
+        // A quota domain holds the snapshot for the whole call: its compiled limits are
+        // planned and judged below without copying them.
+        let policy = domain.quota.as_ref().map(|keys| (keys, self.policy.load_full()));
         let mut applied = Vec::with_capacity(request.descriptors.len());
-        let mut charges: Vec<Charges<'_>> = Vec::new();
+        let mut charges: Vec<Charges<'_, '_>> = Vec::new();
         for (index, d) in request.descriptors.iter().enumerate() {
             if let Some((keys, policy)) = &policy {
                 match quota::check(keys, policy, d) {
@@ -229,7 +231,6 @@ impl Limiter {
             }
             applied.push(self.resolve(domain, d, index)?);
         }
-        drop(policy);
         drop_replaced(&mut applied);
 
         let nanos = self.clock.now_nanos();
@@ -264,7 +265,8 @@ impl Limiter {
             .collect();
         let befores = if updates.is_empty() { Vec::new() } else { self.apply(&updates).await? };
 
-        let mut explanations: Vec<Option<(String, bool)>> = vec![None; request.descriptors.len()];
+        // The first refused descriptor's explanation becomes the raw body.
+        let mut explanation: Option<(String, bool)> = None;
         let statuses = request
             .descriptors
             .iter()
@@ -285,14 +287,14 @@ impl Limiter {
                 }
                 };
                 if let Some(refusal) = applied.refusal() {
-                    explanations[i] = Some((refusal.body(), true));
+                    explanation.get_or_insert_with(|| (refusal.body(), true));
                 }
                 match (charges.get(i), quota_plans.get(i)) {
                     (Some(c), Some(plans)) if !c.limits.is_empty() => {
                         let hits = hits_of(request, descriptor);
-                        let (status, explanation) = judge_quota(status, hits, c, plans, &befores, now);
-                        if explanations[i].is_none() {
-                            explanations[i] = explanation;
+                        let (status, refused) = judge_quota(status, hits, c, plans, &befores, now);
+                        if explanation.is_none() {
+                            explanation = refused;
                         }
                         status
                     }
@@ -303,7 +305,7 @@ impl Limiter {
         let nodes: Vec<Option<&Node>> = applied.iter().map(Applied::node).collect();
         let mut decision = self.finish(request, &nodes, statuses);
         if decision.overall_code == Code::OverLimit
-            && let Some((body, json)) = explanations.into_iter().flatten().next()
+            && let Some((body, json)) = explanation
         {
             decision.raw_body = Some(body);
             if json {
@@ -321,7 +323,7 @@ impl Limiter {
         request: &Request<'_>,
         descriptor: &Descriptor<'_>,
         keys: &crate::rules::QuotaKeys,
-        charges: &Charges<'_>,
+        charges: &Charges<'_, '_>,
         limit: &quota::QuotaLimit,
         now: Now,
         updates: &mut Vec<CounterUpdate>,
@@ -605,8 +607,8 @@ impl Limiter {
         let is_quota = |i: usize| nodes.get(i).copied().flatten().is_some_and(|n| n.quota_mode);
         let over = |s: &Status| s.code == Code::OverLimit;
         let normal_over = statuses.iter().enumerate().any(|(i, s)| !is_quota(i) && over(s));
-        let quota: Vec<&Status> = statuses.iter().enumerate().filter(|(i, _)| is_quota(*i)).map(|(_, s)| s).collect();
-        let quota_exhausted = !quota.is_empty() && quota.iter().all(|s| over(s));
+        let mut quotas = statuses.iter().enumerate().filter(|(i, _)| is_quota(*i)).peekable();
+        let quota_exhausted = quotas.peek().is_some() && quotas.all(|(_, s)| over(s));
         let mut overall_code = if normal_over || quota_exhausted { Code::OverLimit } else { Code::Ok };
         if overall_code == Code::OverLimit && self.options.global_shadow_mode {
             self.metrics.service.global_shadow_mode.increment(1);
@@ -635,7 +637,7 @@ impl Limiter {
 fn judge_quota(
     rules: Status,
     hits: u64,
-    charges: &Charges<'_>,
+    charges: &Charges<'_, '_>,
     plans: &[Plan],
     befores: &[u64],
     now: Now,
@@ -686,18 +688,18 @@ fn hits_of(request: &Request<'_>, descriptor: &Descriptor<'_>) -> u64 {
 /// Drops every limit named by another matched limit's `replaces` (unlimited ones are
 /// never dropped, as in the reference); a descriptor left without limits is free.
 fn drop_replaced(applied: &mut [Applied<'_>]) {
-    let replaced: HashSet<String> = applied
+    let replaced: HashSet<&str> = applied
         .iter()
         .filter_map(Applied::node)
         .flat_map(|n| n.limits.iter())
-        .flat_map(|l| l.replaces.iter().cloned())
+        .flat_map(|l| l.replaces.iter().map(String::as_str))
         .collect();
     if replaced.is_empty() {
         return;
     }
     for a in applied.iter_mut() {
         if let Applied::Limited(l) = a {
-            l.limits.retain(|limit| !limit.name.as_ref().is_some_and(|n| replaced.contains(n)));
+            l.limits.retain(|limit| !limit.name.as_deref().is_some_and(|n| replaced.contains(n)));
             if l.limits.is_empty() {
                 *a = Applied::Free;
             }

@@ -39,8 +39,8 @@ use std::time::Duration;
 
 use super::Code;
 use super::request::{CurrentLimit, Descriptor, Status};
-use crate::ledger::budgets::Period;
 use crate::ledger::tenants::TenantStatus;
+pub use crate::policy::{Explain, QuotaLimit, QuotaPeriod, plan_limit_name};
 use crate::policy::{Policy, TenantPolicy};
 use crate::rules::QuotaKeys;
 use crate::telemetry::PolicyStats;
@@ -56,11 +56,6 @@ pub const SESSION_QUOTA_BODY: &str = "Too Many Requests for this MCP session.";
 pub const RATE_LIMITED: &str = "rate_limited";
 /// How long an idle session's lifetime counters live when nothing says otherwise.
 pub const DEFAULT_SESSION_IDLE_TTL: Duration = Duration::from_secs(30 * 60);
-
-/// `current_limit.name` of a plan request limit of `window_seconds`: `plan-requests-60s`.
-pub fn plan_limit_name(window_seconds: u64) -> String {
-    format!("plan-requests-{window_seconds}s")
-}
 
 /// The quota entries one descriptor carries, by meaning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,39 +103,6 @@ pub enum Checked<'a, 'p> {
     Usage(QuotaEntries<'a>),
 }
 
-/// How long a quota counter lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum QuotaPeriod {
-    /// Fixed windows of this many seconds, aligned to the epoch.
-    Window(u64),
-    /// The session's lifetime: until the session has been idle for the idle TTL.
-    Session,
-}
-
-/// How a refusal explains itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Explain {
-    /// A plan request limit: JSON naming the tenant, limit, window and reset time.
-    Plan { timezone: jiff::tz::TimeZone },
-    /// A session request budget: [`SESSION_QUOTA_BODY`].
-    Session,
-}
-
-/// One counted limit of an admitted descriptor, planned into the store batch by the limiter.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QuotaLimit {
-    /// `current_limit.name` when it refuses.
-    pub name: String,
-    pub limit: u64,
-    /// Soft limits count but never refuse.
-    pub hard: bool,
-    /// The counter key's tag, after the tenant (and session) entries.
-    pub tag: String,
-    /// Whether the counter is per session (keyed by the session entry too).
-    pub per_session: bool,
-    pub period: QuotaPeriod,
-    pub explain: Explain,
-}
 
 impl QuotaLimit {
     /// The refusal's `raw_body` and whether it is JSON; `resets_at` is the end of the
@@ -169,66 +131,28 @@ impl QuotaLimit {
 }
 
 /// The counted limits of one admitted descriptor, with the entries their keys use.
-#[derive(Debug, Clone, Default)]
-pub struct Charges<'a> {
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Charges<'a, 'p> {
     pub tenant: &'a str,
     pub session: Option<&'a str>,
-    pub limits: Vec<QuotaLimit>,
+    /// Compiled with the policy: planning them allocates nothing.
+    pub limits: &'p [QuotaLimit],
 }
 
-impl<'a> Admitted<'a, '_> {
+impl<'a, 'p> Admitted<'a, 'p> {
     /// The limits this descriptor is charged against, by the keys it carries (see the
     /// module doc). Other shapes charge nothing here yet.
-    pub fn charges(&self) -> Charges<'a> {
+    pub fn charges(&self) -> Charges<'a, 'p> {
         let e = &self.entries;
-        let mut charges = Charges { tenant: e.tenant, session: None, limits: Vec::new() };
         let only_tenant = e.session.is_none() && e.model.is_none() && e.request_id.is_none() && e.estimate.is_none();
-        if only_tenant {
-            charges.limits = self
-                .tenant
-                .plan
-                .requests
-                .iter()
-                .filter(|r| r.window_seconds > 0)
-                .map(|r| QuotaLimit {
-                    name: plan_limit_name(r.window_seconds),
-                    limit: r.limit,
-                    hard: true,
-                    tag: format!("plan~{}", r.window_seconds),
-                    per_session: false,
-                    period: QuotaPeriod::Window(r.window_seconds),
-                    explain: Explain::Plan { timezone: self.tenant.timezone.clone() },
-                })
-                .collect();
-        } else if let (Some(session), None) = (e.session, e.model) {
+        let (session, limits) = match (e.session, e.model) {
+            _ if only_tenant => (None, self.tenant.plan_limits()),
             // TODO(check-only budgets, reservations): the tenant+model descriptor's budget
             // checks and the session's lifetime token budget.
-            charges.session = Some(session);
-            charges.limits = self
-                .tenant
-                .session_request_budgets()
-                .iter()
-                .filter_map(|b| {
-                    let (period, tag) = match b.period {
-                        Period::Session(_) => (QuotaPeriod::Session, format!("budget~{}~session", b.id)),
-                        Period::Window { window_seconds } if window_seconds > 0 => {
-                            (QuotaPeriod::Window(window_seconds), format!("budget~{}~{window_seconds}", b.id))
-                        }
-                        _ => return None,
-                    };
-                    Some(QuotaLimit {
-                        name: b.name.clone(),
-                        limit: b.limit,
-                        hard: b.hard,
-                        tag,
-                        per_session: true,
-                        period,
-                        explain: Explain::Session,
-                    })
-                })
-                .collect();
-        }
-        charges
+            (Some(session), None) => (Some(session), self.tenant.session_limits()),
+            _ => (None, &[][..]),
+        };
+        Charges { tenant: e.tenant, session, limits }
     }
 }
 

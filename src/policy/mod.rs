@@ -81,6 +81,50 @@ pub struct TenantPolicy {
     session_requests: Box<[BudgetPolicy]>,
     /// Budgets of scope `tenant` measuring requests.
     tenant_requests: Box<[BudgetPolicy]>,
+    /// `plan.requests` as counted limits of a tenant-only descriptor.
+    plan_limits: Box<[QuotaLimit]>,
+    /// `session_requests` as counted limits of a tenant + session descriptor.
+    session_limits: Box<[QuotaLimit]>,
+}
+
+/// `current_limit.name` of a plan request limit of `window_seconds`: `plan-requests-60s`.
+pub fn plan_limit_name(window_seconds: u64) -> String {
+    format!("plan-requests-{window_seconds}s")
+}
+
+/// How long a quota counter lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaPeriod {
+    /// Fixed windows of this many seconds, aligned to the epoch.
+    Window(u64),
+    /// The session's lifetime: until the session has been idle for the idle TTL.
+    Session,
+}
+
+/// How a refusal explains itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Explain {
+    /// A plan request limit: JSON naming the tenant, limit, window and reset time.
+    Plan { timezone: jiff::tz::TimeZone },
+    /// A session request budget: the MCP session quota message.
+    Session,
+}
+
+/// One counted limit of a tenant, compiled with the snapshot so the decision path plans it
+/// into the store batch without building names or tags (`crate::limiter::quota`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaLimit {
+    /// `current_limit.name` when it refuses.
+    pub name: String,
+    pub limit: u64,
+    /// Soft limits count but never refuse.
+    pub hard: bool,
+    /// The counter key's tag, after the tenant (and session) entries.
+    pub tag: String,
+    /// Whether the counter is per session (keyed by the session entry too).
+    pub per_session: bool,
+    pub period: QuotaPeriod,
+    pub explain: Explain,
 }
 
 /// One live budget, compiled for the decision path.
@@ -150,6 +194,16 @@ impl TenantPolicy {
     pub fn tenant_request_budgets(&self) -> &[BudgetPolicy] {
         &self.tenant_requests
     }
+
+    /// The plan request limits, as counted limits.
+    pub fn plan_limits(&self) -> &[QuotaLimit] {
+        &self.plan_limits
+    }
+
+    /// The session request budgets, as counted limits of each session.
+    pub fn session_limits(&self) -> &[QuotaLimit] {
+        &self.session_limits
+    }
 }
 
 impl Policy {
@@ -217,6 +271,42 @@ impl TenantPolicy {
         };
         let session_requests = of(Scope::Session, Measure::Requests);
         let tenant_requests = of(Scope::Tenant, Measure::Requests);
+        let plan_limits = tenant
+            .plan
+            .requests
+            .iter()
+            .filter(|r| r.window_seconds > 0)
+            .map(|r| QuotaLimit {
+                name: plan_limit_name(r.window_seconds),
+                limit: r.limit,
+                hard: true,
+                tag: format!("plan~{}", r.window_seconds),
+                per_session: false,
+                period: QuotaPeriod::Window(r.window_seconds),
+                explain: Explain::Plan { timezone: timezone.clone() },
+            })
+            .collect();
+        let session_limits = session_requests
+            .iter()
+            .filter_map(|b| {
+                let (period, tag) = match b.period {
+                    Period::Session(_) => (QuotaPeriod::Session, format!("budget~{}~session", b.id)),
+                    Period::Window { window_seconds } if window_seconds > 0 => {
+                        (QuotaPeriod::Window(window_seconds), format!("budget~{}~{window_seconds}", b.id))
+                    }
+                    _ => return None,
+                };
+                Some(QuotaLimit {
+                    name: b.name.clone(),
+                    limit: b.limit,
+                    hard: b.hard,
+                    tag,
+                    per_session: true,
+                    period,
+                    explain: Explain::Session,
+                })
+            })
+            .collect();
         Ok(TenantPolicy {
             id: tenant.id,
             status: tenant.status,
@@ -228,6 +318,8 @@ impl TenantPolicy {
             budgets: budgets.into_boxed_slice(),
             session_requests,
             tenant_requests,
+            plan_limits,
+            session_limits,
         })
     }
 }
