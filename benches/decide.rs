@@ -24,8 +24,12 @@ const LIMIT: &str = "{unit: hour, requests_per_unit: 4000000000}";
 
 fn limiter(yaml: &str) -> Limiter {
     let metrics = Metrics::new();
-    let rules = compile(&[(PathBuf::from("bench.yaml"), yaml.to_owned())], &LoadOptions::default(), &metrics)
-        .expect("bench rules compile");
+    let rules = compile(
+        &[(PathBuf::from("bench.yaml"), yaml.to_owned())],
+        &LoadOptions::default(),
+        &metrics,
+    )
+    .expect("bench rules compile");
     let rules: CurrentRules = Arc::new(ArcSwapOption::from_pointee(rules));
     let clock = Arc::new(ManualClock::at_secs(NOW));
     let store = Store::Memory(MemoryStore::new(clock.clone()));
@@ -49,13 +53,19 @@ fn request<'a>(domain: &'a str, descriptors: Vec<Descriptor<'a>>) -> Request<'a>
 }
 
 fn decide(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let mut group = c.benchmark_group("decide/memory");
 
-    let one = limiter(&format!("domain: d\ndescriptors:\n  - key: api_key\n    rate_limit: {LIMIT}\n"));
+    let one = limiter(&format!(
+        "domain: d\ndescriptors:\n  - key: api_key\n    rate_limit: {LIMIT}\n"
+    ));
     let hot = request("d", vec![descriptor(&[("api_key", "key-1")], None)]);
     group.bench_function("one_descriptor", |b| {
-        b.to_async(&runtime).iter(|| async { black_box(one.decide(black_box(&hot)).await.unwrap()) })
+        b.to_async(&runtime)
+            .iter(|| async { black_box(one.decide(black_box(&hot)).await.unwrap()) })
     });
 
     let users: Vec<String> = (0..1_000_000).map(|i| format!("u{i}")).collect();
@@ -63,7 +73,10 @@ fn decide(c: &mut Criterion) {
     group.bench_function("one_descriptor_1m_keys", |b| {
         b.to_async(&runtime).iter(|| {
             next = (next + 7919) % users.len();
-            let request = request("d", vec![descriptor(&[("api_key", users[next].as_str())], None)]);
+            let request = request(
+                "d",
+                vec![descriptor(&[("api_key", users[next].as_str())], None)],
+            );
             let one = &one;
             async move { black_box(one.decide(&request).await.unwrap()) }
         })
@@ -82,18 +95,24 @@ fn decide(c: &mut Criterion) {
         vec![
             descriptor(&[("remote_address", "10.0.0.1")], None),
             descriptor(&[("api_key", "key-1")], None),
-            descriptor(&[("api_key", "key-1"), ("path", "/v1/chat/completions")], None),
+            descriptor(
+                &[("api_key", "key-1"), ("path", "/v1/chat/completions")],
+                None,
+            ),
             descriptor(&[("tenant_id", "t1"), ("model", "m1")], None),
             descriptor(&[("user_agent", "client/1")], None),
         ],
     );
     group.bench_function("five_descriptors", |b| {
-        b.to_async(&runtime).iter(|| async { black_box(five.decide(black_box(&five_request)).await.unwrap()) })
+        b.to_async(&runtime)
+            .iter(|| async { black_box(five.decide(black_box(&five_request)).await.unwrap()) })
     });
 
     let mut many = String::from("domain: d\ndescriptors:\n");
     for i in 0..10_000 {
-        many.push_str(&format!("  - key: route\n    value: r{i}\n    rate_limit: {LIMIT}\n"));
+        many.push_str(&format!(
+            "  - key: route\n    value: r{i}\n    rate_limit: {LIMIT}\n"
+        ));
     }
     let rules_10k = limiter(&many);
     let routes: Vec<String> = (0..10_000).map(|i| format!("r{i}")).collect();
@@ -101,7 +120,10 @@ fn decide(c: &mut Criterion) {
     group.bench_function("rules_10k", |b| {
         b.to_async(&runtime).iter(|| {
             next = (next + 7919) % routes.len();
-            let request = request("d", vec![descriptor(&[("route", routes[next].as_str())], None)]);
+            let request = request(
+                "d",
+                vec![descriptor(&[("route", routes[next].as_str())], None)],
+            );
             let rules_10k = &rules_10k;
             async move { black_box(rules_10k.decide(&request).await.unwrap()) }
         })
@@ -117,12 +139,16 @@ fn decide(c: &mut Criterion) {
         "ai-gateway",
         vec![
             descriptor(&[("tenant_id", "acme")], None),
-            descriptor(&[("tenant_id", "acme"), ("model", "claude-sonnet")], Some(0)),
+            descriptor(
+                &[("tenant_id", "acme"), ("model", "claude-sonnet")],
+                Some(0),
+            ),
             descriptor(&[("tenant_id", "acme"), ("session_id", "s-123")], None),
         ],
     );
     group.bench_function("token_budget_request_path", |b| {
-        b.to_async(&runtime).iter(|| async { black_box(budget.decide(black_box(&request_path)).await.unwrap()) })
+        b.to_async(&runtime)
+            .iter(|| async { black_box(budget.decide(black_box(&request_path)).await.unwrap()) })
     });
     group.finish();
 }

@@ -31,13 +31,19 @@ descriptors:
 "#;
 
 fn compiled(yaml: &str) -> RuleSet {
-    compile(&[(PathBuf::from("bench.yaml"), yaml.to_owned())], &LoadOptions::default(), &Metrics::new())
-        .expect("bench rules compile")
+    compile(
+        &[(PathBuf::from("bench.yaml"), yaml.to_owned())],
+        &LoadOptions::default(),
+        &Metrics::new(),
+    )
+    .expect("bench rules compile")
 }
 
 /// `n` exact-value rules under one key, plus a default node for the same key.
 fn many_rules(n: u32) -> String {
-    let mut y = String::from("domain: many\ndescriptors:\n  - key: route\n    rate_limit: {unit: minute, requests_per_unit: 1}\n");
+    let mut y = String::from(
+        "domain: many\ndescriptors:\n  - key: route\n    rate_limit: {unit: minute, requests_per_unit: 1}\n",
+    );
     for i in 0..n {
         y.push_str(&format!("  - key: route\n    value: r{i}\n    rate_limit: {{unit: minute, requests_per_unit: 100}}\n"));
     }
@@ -66,7 +72,9 @@ fn matching(c: &mut Criterion) {
     group.bench_function("wildcard", |b| {
         b.iter(|| black_box(edge.find(black_box([("user_agent", "crawler-bot/2.1")]))))
     });
-    group.bench_function("miss", |b| b.iter(|| black_box(edge.find(black_box([("unknown", "v")])))));
+    group.bench_function("miss", |b| {
+        b.iter(|| black_box(edge.find(black_box([("unknown", "v")]))))
+    });
     group.finish();
 
     let mut group = c.benchmark_group("find/rules");

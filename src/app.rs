@@ -14,16 +14,16 @@ use anyhow::Context;
 use arc_swap::ArcSwapOption;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 
 use crate::admin::{self, AdminState};
 use crate::clock::{SharedClock, SystemClock};
-use crate::ledger::Ledger;
-use crate::ledger::tokens::{NewToken, Role};
 use crate::edge::grpc::RateLimitGrpc;
 use crate::edge::health::Health;
 use crate::edge::http::{self, HttpState};
+use crate::ledger::Ledger;
+use crate::ledger::tokens::{NewToken, Role};
 use crate::limiter::Limiter;
 use crate::policy::{self, PolicyLoader};
 use crate::rules::watch::{self, CurrentRules, RulesWatcher};
@@ -62,8 +62,18 @@ impl App {
         settings.validate()?;
         let metrics = Metrics::new();
         let rules: CurrentRules = Arc::new(ArcSwapOption::empty());
-        watch::reload(&settings.rules_dir, &settings.load_options(), &metrics, &rules)
-            .map_err(|errors| anyhow::anyhow!("invalid rules in {}: {errors}", settings.rules_dir.display()))?;
+        watch::reload(
+            &settings.rules_dir,
+            &settings.load_options(),
+            &metrics,
+            &rules,
+        )
+        .map_err(|errors| {
+            anyhow::anyhow!(
+                "invalid rules in {}: {errors}",
+                settings.rules_dir.display()
+            )
+        })?;
         let watcher = if settings.watch_rules {
             let watcher = watch::watch(
                 settings.rules_dir.clone(),
@@ -95,8 +105,14 @@ impl App {
         let policy = policy::start(ledger.clone(), resync, metrics.policy.clone())
             .await
             .context("cannot load the tenant policy from the ledger")?;
-        let limiter = Limiter::new(rules, store, clock, metrics.clone(), settings.limiter_options())
-            .with_policy(policy.current().clone());
+        let limiter = Limiter::new(
+            rules,
+            store,
+            clock,
+            metrics.clone(),
+            settings.limiter_options(),
+        )
+        .with_policy(policy.current().clone());
         let limiter = Arc::new(limiter);
         let grpc_listener = TcpListener::bind(settings.grpc_addr)
             .await
@@ -122,12 +138,16 @@ impl App {
 
     /// The bound gRPC address.
     pub fn grpc_addr(&self) -> SocketAddr {
-        self.grpc_listener.local_addr().expect("a bound listener has an address")
+        self.grpc_listener
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     /// The bound HTTP address.
     pub fn http_addr(&self) -> SocketAddr {
-        self.http_listener.local_addr().expect("a bound listener has an address")
+        self.http_listener
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     /// The ledger (tests seed it).
@@ -161,18 +181,23 @@ impl App {
         let stop = CancellationToken::new();
         let grpc = tonic::transport::Server::builder()
             .add_service(health_service)
-            .add_service(RateLimitServiceServer::new(RateLimitGrpc::new(limiter.clone(), metrics.clone())))
+            .add_service(RateLimitServiceServer::new(RateLimitGrpc::new(
+                limiter.clone(),
+                metrics.clone(),
+            )))
             .serve_with_incoming_shutdown(
                 // Small answers go out at once rather than waiting on Nagle's algorithm.
                 TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
-                stop.clone().cancelled_owned());
+                stop.clone().cancelled_owned(),
+            );
         let router = http::router(HttpState {
             limiter,
             health: health.clone(),
             metrics,
         })
         .merge(admin::router(AdminState { ledger }));
-        let http = axum::serve(http_listener, router).with_graceful_shutdown(stop.clone().cancelled_owned());
+        let http = axum::serve(http_listener, router)
+            .with_graceful_shutdown(stop.clone().cancelled_owned());
         let mut grpc = tokio::spawn(grpc);
         let mut http = tokio::spawn(async move { http.await });
 
@@ -206,9 +231,17 @@ impl App {
 pub async fn open_ledger(settings: &Settings, clock: SharedClock) -> anyhow::Result<Ledger> {
     let ledger = Ledger::connect(&settings.database_url, clock)
         .await
-        .with_context(|| format!("cannot open the ledger at {}", redact_url(&settings.database_url)))?;
+        .with_context(|| {
+            format!(
+                "cannot open the ledger at {}",
+                redact_url(&settings.database_url)
+            )
+        })?;
     if settings.migrate_on_start {
-        ledger.migrate().await.context("cannot migrate the ledger")?;
+        ledger
+            .migrate()
+            .await
+            .context("cannot migrate the ledger")?;
     }
     if let Some(secret) = &settings.bootstrap_token {
         if ledger.token_count().await? == 0 {
@@ -217,7 +250,9 @@ pub async fn open_ledger(settings: &Settings, clock: SharedClock) -> anyhow::Res
                 role: Role::Admin,
                 tenant_id: None,
             };
-            ledger.create_token("system", &bootstrap, Some(secret)).await?;
+            ledger
+                .create_token("system", &bootstrap, Some(secret))
+                .await?;
             tracing::info!("created the bootstrap admin token");
         }
     }

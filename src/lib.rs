@@ -12,15 +12,15 @@
 //! Around them: [`settings`] (layered configuration), [`telemetry`] (logs and metrics),
 //! [`clock`] (injectable time) and [`app`] (wires everything and runs it).
 
-pub mod clock;
-pub mod store;
-pub mod limiter;
-pub mod rules;
-pub mod telemetry;
-pub mod app;
-pub mod edge;
-pub mod settings;
 pub mod admin;
+pub mod app;
+pub mod clock;
+pub mod edge;
 pub mod ledger;
+pub mod limiter;
 pub mod money;
 pub mod policy;
+pub mod rules;
+pub mod settings;
+pub mod store;
+pub mod telemetry;

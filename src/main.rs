@@ -74,15 +74,28 @@ fn main() -> ExitCode {
             println!("migrations applied");
             Ok(())
         }),
-        Command::Token(TokenCommand::Create { role, name, tenant }) => with_ledger(cli.config, |ledger| async move {
-            let role = Role::parse(&role).ok_or_else(|| anyhow::anyhow!("--role must be admin, approver, finance or tenant"))?;
-            let new = NewToken { name, role, tenant_id: tenant };
-            new.validate().map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.message))?;
-            let created = ledger.create_token("cli", &new, None).await?;
-            println!("{}", created.secret);
-            eprintln!("token {} ({}) created; the secret above is shown only once", created.token.id, role.as_str());
-            Ok(())
-        }),
+        Command::Token(TokenCommand::Create { role, name, tenant }) => {
+            with_ledger(cli.config, |ledger| async move {
+                let role = Role::parse(&role).ok_or_else(|| {
+                    anyhow::anyhow!("--role must be admin, approver, finance or tenant")
+                })?;
+                let new = NewToken {
+                    name,
+                    role,
+                    tenant_id: tenant,
+                };
+                new.validate()
+                    .map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.message))?;
+                let created = ledger.create_token("cli", &new, None).await?;
+                println!("{}", created.secret);
+                eprintln!(
+                    "token {} ({}) created; the secret above is shown only once",
+                    created.token.id,
+                    role.as_str()
+                );
+                Ok(())
+            })
+        }
     }
 }
 
@@ -92,13 +105,15 @@ where
     F: FnOnce(Ledger) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
-    let outcome = Settings::load(config.as_deref()).map_err(anyhow::Error::from).and_then(|settings| {
-        let runtime = tokio::runtime::Runtime::new()?;
-        runtime.block_on(async {
-            let ledger = open_ledger(&settings, std::sync::Arc::new(SystemClock)).await?;
-            work(ledger).await
-        })
-    });
+    let outcome = Settings::load(config.as_deref())
+        .map_err(anyhow::Error::from)
+        .and_then(|settings| {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(async {
+                let ledger = open_ledger(&settings, std::sync::Arc::new(SystemClock)).await?;
+                work(ledger).await
+            })
+        });
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -112,7 +127,11 @@ fn check_config(dir: &std::path::Path, merge_domains: bool) -> ExitCode {
     let options = load::LoadOptions { merge_domains };
     match load::load_dir(dir, &options, &Metrics::new()) {
         Ok(rules) => {
-            println!("{}: ok ({} domains)", dir.display(), rules.domain_names().len());
+            println!(
+                "{}: ok ({} domains)",
+                dir.display(),
+                rules.domain_names().len()
+            );
             ExitCode::SUCCESS
         }
         Err(errors) => {

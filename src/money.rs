@@ -29,8 +29,12 @@ impl FromStr for Currency {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.as_bytes() {
-            [a, b, c] if [a, b, c].iter().all(|x| x.is_ascii_uppercase()) => Ok(Currency([*a, *b, *c])),
-            _ => Err(format!("'{s}' is not an ISO 4217 currency code (three upper-case letters, e.g. USD)")),
+            [a, b, c] if [a, b, c].iter().all(|x| x.is_ascii_uppercase()) => {
+                Ok(Currency([*a, *b, *c]))
+            }
+            _ => Err(format!(
+                "'{s}' is not an ISO 4217 currency code (three upper-case letters, e.g. USD)"
+            )),
         }
     }
 }
@@ -43,7 +47,11 @@ impl fmt::Display for Currency {
 
 /// Parses a non-negative decimal amount (`"3"`, `"3.5"`, `"0.000001"`) into micro-units.
 pub fn parse_micros(text: &str) -> Result<i64, String> {
-    let bad = || format!("'{text}' is not an amount (a non-negative decimal with at most 6 decimal places, e.g. 100.00)");
+    let bad = || {
+        format!(
+            "'{text}' is not an amount (a non-negative decimal with at most 6 decimal places, e.g. 100.00)"
+        )
+    };
     let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
     if whole.is_empty()
         || !whole.bytes().all(|b| b.is_ascii_digit())
@@ -59,14 +67,20 @@ pub fn parse_micros(text: &str) -> Result<i64, String> {
         .checked_mul(MICROS_PER_UNIT)
         .and_then(|w| w.checked_add(fraction))
         .filter(|m| *m <= MAX_MICROS)
-        .ok_or_else(|| format!("'{text}' is larger than the largest amount accepted (1000000000000)"))
+        .ok_or_else(|| {
+            format!("'{text}' is larger than the largest amount accepted (1000000000000)")
+        })
 }
 
 /// Formats micro-units as an exact decimal with six places: `8850` is `"0.008850"`.
 pub fn format_micros(micros: i64) -> String {
     let sign = if micros < 0 { "-" } else { "" };
     let abs = micros.unsigned_abs();
-    format!("{sign}{}.{:06}", abs / MICROS_PER_UNIT as u64, abs % MICROS_PER_UNIT as u64)
+    format!(
+        "{sign}{}.{:06}",
+        abs / MICROS_PER_UNIT as u64,
+        abs % MICROS_PER_UNIT as u64
+    )
 }
 
 /// The cost of `tokens` at `micros_per_million` (the price of a million tokens), rounded
@@ -91,7 +105,18 @@ mod tests {
 
     #[test]
     fn malformed_or_negative_or_huge_amounts_are_refused() {
-        for bad in ["", "-1", "1.", ".5", "1.2345678", "1e3", "abc", "1,5", " 1", "99999999999999999999"] {
+        for bad in [
+            "",
+            "-1",
+            "1.",
+            ".5",
+            "1.2345678",
+            "1e3",
+            "abc",
+            "1,5",
+            " 1",
+            "99999999999999999999",
+        ] {
             assert!(parse_micros(bad).is_err(), "{bad:?} accepted");
         }
         assert!(parse_micros("1000000000001").is_err());

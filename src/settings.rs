@@ -132,7 +132,10 @@ pub enum SettingsError {
     #[error("{0}")]
     Source(#[from] Box<figment::Error>),
     #[error("setting '{field}': {problem}")]
-    Invalid { field: &'static str, problem: String },
+    Invalid {
+        field: &'static str,
+        problem: String,
+    },
 }
 
 impl Settings {
@@ -152,7 +155,11 @@ impl Settings {
         // the test suite (which databases to use): neither is a setting.
         let env = Env::prefixed("TOLLGATE_")
             .ignore(&["config"])
-            .filter(|key| !key.as_str().get(..5).is_some_and(|p| p.eq_ignore_ascii_case("test_")));
+            .filter(|key| {
+                !key.as_str()
+                    .get(..5)
+                    .is_some_and(|p| p.eq_ignore_ascii_case("test_"))
+            });
         let settings: Settings = figment.merge(env).extract().map_err(Box::new)?;
         settings.validate()?;
         Ok(settings)
@@ -170,18 +177,41 @@ impl Settings {
             return invalid("near_limit_ratio", "must be greater than 0 and at most 1");
         }
         if self.key_prefix.contains(['{', '}']) {
-            return invalid("key_prefix", "must not contain '{' or '}' (they would override the Redis Cluster hash tag)");
+            return invalid(
+                "key_prefix",
+                "must not contain '{' or '}' (they would override the Redis Cluster hash tag)",
+            );
         }
         if self.store_deadline_ms == 0 {
             return invalid("store_deadline_ms", "must be at least 1");
         }
-        let known = ["memory", "redis://", "rediss://", "redis+sentinel://", "rediss+sentinel://", "redis+cluster://", "rediss+cluster://"];
-        if !known.iter().any(|k| self.store == *k || (k.ends_with("://") && self.store.starts_with(k))) {
-            return invalid("store", "must be 'memory' or a redis://, rediss://, redis+sentinel:// or redis+cluster:// URL");
+        let known = [
+            "memory",
+            "redis://",
+            "rediss://",
+            "redis+sentinel://",
+            "rediss+sentinel://",
+            "redis+cluster://",
+            "rediss+cluster://",
+        ];
+        if !known
+            .iter()
+            .any(|k| self.store == *k || (k.ends_with("://") && self.store.starts_with(k)))
+        {
+            return invalid(
+                "store",
+                "must be 'memory' or a redis://, rediss://, redis+sentinel:// or redis+cluster:// URL",
+            );
         }
         self.validate_redis_tls()?;
-        if !["sqlite:", "postgres://", "postgresql://"].iter().any(|p| self.database_url.starts_with(p)) {
-            return invalid("database_url", "must be a sqlite:// path or a postgres:// URL");
+        if !["sqlite:", "postgres://", "postgresql://"]
+            .iter()
+            .any(|p| self.database_url.starts_with(p))
+        {
+            return invalid(
+                "database_url",
+                "must be a sqlite:// path or a postgres:// URL",
+            );
         }
         if self.bootstrap_token.as_ref().is_some_and(|t| t.len() < 32) {
             return invalid("bootstrap_token", "must be at least 32 characters");
@@ -194,8 +224,15 @@ impl Settings {
             ("header_remaining", &self.header_remaining),
             ("header_reset", &self.header_reset),
         ] {
-            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b)) {
-                return invalid(field, "must be a non-empty header name (letters, digits, '-' and '_')");
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+            {
+                return invalid(
+                    field,
+                    "must be a non-empty header name (letters, digits, '-' and '_')",
+                );
             }
         }
         Ok(())
@@ -206,7 +243,10 @@ impl Settings {
     fn validate_redis_tls(&self) -> Result<(), SettingsError> {
         let files = [
             ("redis_tls_ca_file", &self.redis_tls_ca_file),
-            ("redis_tls_client_cert_file", &self.redis_tls_client_cert_file),
+            (
+                "redis_tls_client_cert_file",
+                &self.redis_tls_client_cert_file,
+            ),
             ("redis_tls_client_key_file", &self.redis_tls_client_key_file),
         ];
         let Some((field, _)) = files.iter().find(|(_, file)| file.is_some()) else {
@@ -293,7 +333,10 @@ impl fmt::Debug for Settings {
             .field("store", &redact_url(&self.store))
             .field("key_prefix", &self.key_prefix)
             .field("database_url", &redact_url(&self.database_url))
-            .field("bootstrap_token", &self.bootstrap_token.as_ref().map(|_| "***"))
+            .field(
+                "bootstrap_token",
+                &self.bootstrap_token.as_ref().map(|_| "***"),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -313,7 +356,10 @@ mod tests {
 
     #[test]
     fn passwords_are_redacted() {
-        assert_eq!(redact_url("redis://user:secret@host:6379/0"), "redis://user:***@host:6379/0");
+        assert_eq!(
+            redact_url("redis://user:secret@host:6379/0"),
+            "redis://user:***@host:6379/0"
+        );
         assert_eq!(redact_url("redis://host:6379"), "redis://host:6379");
         let s = Settings {
             store: "rediss://:pw@h:1".into(),
@@ -328,7 +374,12 @@ mod tests {
             near_limit_ratio: 1.5,
             ..Settings::default()
         };
-        assert!(bad.validate().unwrap_err().to_string().contains("near_limit_ratio"));
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("near_limit_ratio")
+        );
         let bad = Settings {
             store: "mysql://x".into(),
             ..Settings::default()
@@ -344,7 +395,10 @@ mod tests {
     #[test]
     fn file_then_environment_override_defaults() {
         figment::Jail::expect_with(|jail| {
-            jail.create_file("t.toml", "store = \"redis://127.0.0.1:6379\"\nkey_prefix = \"file\"\n")?;
+            jail.create_file(
+                "t.toml",
+                "store = \"redis://127.0.0.1:6379\"\nkey_prefix = \"file\"\n",
+            )?;
             jail.set_env("TOLLGATE_KEY_PREFIX", "env");
             jail.set_env("TOLLGATE_STORE_DEADLINE_MS", "25");
             let s = Settings::load(Some(Path::new("t.toml"))).expect("loads");
@@ -360,7 +414,10 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.set_env("TOLLGATE_STORE_DEADLINE_MS", "soon");
             let err = Settings::load(None).unwrap_err().to_string();
-            assert!(err.contains("STORE_DEADLINE_MS") && err.contains("TOLLGATE_"), "{err}");
+            assert!(
+                err.contains("STORE_DEADLINE_MS") && err.contains("TOLLGATE_"),
+                "{err}"
+            );
             Ok(())
         });
     }
@@ -372,16 +429,27 @@ mod tests {
             jail.set_env("TOLLGATE_STORE", "rediss://localhost:6380");
             jail.set_env("TOLLGATE_REDIS_TLS_CA_FILE", "missing-ca.pem");
             let err = Settings::load(None).unwrap_err().to_string();
-            assert!(err.contains("'redis_tls_ca_file'") && err.contains("missing-ca.pem") && err.contains("does not exist"), "{err}");
+            assert!(
+                err.contains("'redis_tls_ca_file'")
+                    && err.contains("missing-ca.pem")
+                    && err.contains("does not exist"),
+                "{err}"
+            );
             jail.create_file("not-a-cert.pem", "hello\n")?;
             jail.set_env("TOLLGATE_REDIS_TLS_CA_FILE", "not-a-cert.pem");
             let err = Settings::load(None).unwrap_err().to_string();
-            assert!(err.contains("'redis_tls_ca_file'") && err.contains("no PEM certificate"), "{err}");
+            assert!(
+                err.contains("'redis_tls_ca_file'") && err.contains("no PEM certificate"),
+                "{err}"
+            );
             jail.clear_env();
             jail.set_env("TOLLGATE_STORE", "rediss://localhost:6380");
             jail.set_env("TOLLGATE_REDIS_TLS_CLIENT_CERT_FILE", "client.pem");
             let err = Settings::load(None).unwrap_err().to_string();
-            assert!(err.contains("'redis_tls_client_key_file'") && err.contains("not set"), "{err}");
+            assert!(
+                err.contains("'redis_tls_client_key_file'") && err.contains("not set"),
+                "{err}"
+            );
             Ok(())
         });
     }
@@ -394,7 +462,12 @@ mod tests {
             let s = Settings::load(None).expect("test variables are ignored");
             assert_eq!(s.key_prefix, "p:");
             jail.set_env("TOLLGATE_STROE", "memory");
-            assert!(Settings::load(None).unwrap_err().to_string().contains("stroe"));
+            assert!(
+                Settings::load(None)
+                    .unwrap_err()
+                    .to_string()
+                    .contains("stroe")
+            );
             Ok(())
         });
     }
@@ -403,7 +476,9 @@ mod tests {
     fn unknown_file_keys_are_rejected() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("t.toml", "stroe = \"memory\"\n")?;
-            let err = Settings::load(Some(Path::new("t.toml"))).unwrap_err().to_string();
+            let err = Settings::load(Some(Path::new("t.toml")))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("stroe"), "{err}");
             Ok(())
         });

@@ -24,8 +24,14 @@ pub const OVERFLOW_KEY: &str = "_overflow_";
 pub fn init_tracing(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 /// The reference's per-rule statistics.
@@ -88,10 +94,14 @@ impl Metrics {
     pub fn new() -> Self {
         let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
-        let plain = |name: &'static str| recorder.register_counter(&Key::from_name(name), &METADATA);
+        let plain =
+            |name: &'static str| recorder.register_counter(&Key::from_name(name), &METADATA);
         let error = |err_type: &'static str| {
             let labels = vec![Label::new("err_type", err_type)];
-            recorder.register_counter(&Key::from_parts("ratelimit_service_should_rate_limit_error", labels), &METADATA)
+            recorder.register_counter(
+                &Key::from_parts("ratelimit_service_should_rate_limit_error", labels),
+                &METADATA,
+            )
         };
         let method = vec![Label::new("grpc_method", "ShouldRateLimit")];
         let service = ServiceStats {
@@ -100,14 +110,21 @@ impl Metrics {
             global_shadow_mode: plain("ratelimit_service_global_shadow_mode"),
             redis_error: error("redis_error"),
             service_error: error("service_error"),
-            total_requests: recorder
-                .register_counter(&Key::from_parts("ratelimit_service_total_requests", method.clone()), &METADATA),
-            response_time: recorder
-                .register_histogram(&Key::from_parts("ratelimit_service_response_time_seconds", method), &METADATA),
+            total_requests: recorder.register_counter(
+                &Key::from_parts("ratelimit_service_total_requests", method.clone()),
+                &METADATA,
+            ),
+            response_time: recorder.register_histogram(
+                &Key::from_parts("ratelimit_service_response_time_seconds", method),
+                &METADATA,
+            ),
         };
         let refused = |reason: &'static str| {
             let labels = vec![Label::new("reason", reason)];
-            recorder.register_counter(&Key::from_parts("tollgate_quota_refused", labels), &METADATA)
+            recorder.register_counter(
+                &Key::from_parts("tollgate_quota_refused", labels),
+                &METADATA,
+            )
         };
         let policy = PolicyStats {
             reload_success: plain("tollgate_policy_reload_success"),
@@ -133,12 +150,22 @@ impl Metrics {
 
     /// Statistics for one of a node's several named limits (`rate_limits`): the rule's
     /// labels plus `limit="<name>"`.
-    pub fn named_rule_stats<S: AsRef<str>>(&self, domain: &str, path: &[S], limit: &str) -> RuleStats {
+    pub fn named_rule_stats<S: AsRef<str>>(
+        &self,
+        domain: &str,
+        path: &[S],
+        limit: &str,
+    ) -> RuleStats {
         self.rule_stats_with(domain, path, Some(limit))
     }
 
     /// Statistics for a path built from request values; bounded by [`MAX_RUNTIME_SERIES`].
-    pub fn runtime_rule_stats<S: AsRef<str>>(&self, domain: &str, path: &[S], limit: Option<&str>) -> RuleStats {
+    pub fn runtime_rule_stats<S: AsRef<str>>(
+        &self,
+        domain: &str,
+        path: &[S],
+        limit: Option<&str>,
+    ) -> RuleStats {
         if self.take_runtime_series() {
             self.rule_stats_with(domain, path, limit)
         } else {
@@ -148,7 +175,11 @@ impl Metrics {
 
     /// `<domain>.domain_not_found`: a descriptor named a domain with no rules.
     pub fn domain_not_found(&self, domain: &str) -> Counter {
-        let domain = if self.take_runtime_series() { domain } else { OVERFLOW_KEY };
+        let domain = if self.take_runtime_series() {
+            domain
+        } else {
+            OVERFLOW_KEY
+        };
         self.counter(
             "ratelimit_service_rate_limit_domain_not_found",
             vec![Label::new("domain", domain.to_owned())],
@@ -168,11 +199,19 @@ impl Metrics {
             .is_ok()
     }
 
-    fn rule_stats_with<S: AsRef<str>>(&self, domain: &str, path: &[S], limit: Option<&str>) -> RuleStats {
+    fn rule_stats_with<S: AsRef<str>>(
+        &self,
+        domain: &str,
+        path: &[S],
+        limit: Option<&str>,
+    ) -> RuleStats {
         let mut labels = Vec::with_capacity(path.len() + 2);
         labels.push(Label::new("domain", domain.to_owned()));
         for (level, part) in path.iter().enumerate() {
-            labels.push(Label::new(format!("key{}", level + 1), part.as_ref().to_owned()));
+            labels.push(Label::new(
+                format!("key{}", level + 1),
+                part.as_ref().to_owned(),
+            ));
         }
         if let Some(limit) = limit {
             labels.push(Label::new("limit", limit.to_owned()));
@@ -183,7 +222,9 @@ impl Metrics {
             over_limit: stat("ratelimit_service_rate_limit_over_limit"),
             near_limit: stat("ratelimit_service_rate_limit_near_limit"),
             within_limit: stat("ratelimit_service_rate_limit_within_limit"),
-            over_limit_with_local_cache: stat("ratelimit_service_rate_limit_over_limit_with_local_cache"),
+            over_limit_with_local_cache: stat(
+                "ratelimit_service_rate_limit_over_limit_with_local_cache",
+            ),
             shadow_mode: stat("ratelimit_service_rate_limit_shadow_mode"),
             total_negative_hits: stat("ratelimit_service_rate_limit_total_negative_hits"),
         }
@@ -195,8 +236,5 @@ impl Metrics {
     }
 }
 
-static METADATA: Metadata<'static> = metrics::Metadata::new(
-    module_path!(),
-    metrics::Level::INFO,
-    Some(module_path!()),
-);
+static METADATA: Metadata<'static> =
+    metrics::Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));

@@ -49,7 +49,9 @@ const RESET_HEADER: &str = "x-ratelimit-reset";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_enforces_tollgate_limits_and_adds_rate_limit_headers() {
-    let Some(envoy_path) = envoy_binary() else { return };
+    let Some(envoy_path) = envoy_binary() else {
+        return;
+    };
     let rules = rules_dir();
     let clock = ManualClock::at_secs(WINDOW_START + SECS_INTO_WINDOW);
     let settings = Settings {
@@ -121,7 +123,9 @@ async fn envoy_enforces_tollgate_limits_and_adds_rate_limit_headers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_fails_closed_with_500_when_the_store_is_unreachable() {
-    let Some(envoy_path) = envoy_binary() else { return };
+    let Some(envoy_path) = envoy_binary() else {
+        return;
+    };
     let rules = rules_dir();
     let deadline = Duration::from_millis(200);
     let settings = Settings {
@@ -160,7 +164,10 @@ async fn envoy_fails_closed_with_500_when_the_store_is_unreachable() {
             took < rls_timeout / 2,
             "attempt {attempt}: the 500 took {took:?}; tollgate should fail within its {deadline:?} store deadline"
         );
-        assert!(headers.get("x-envoy-ratelimited").is_none(), "an error is not a limit");
+        assert!(
+            headers.get("x-envoy-ratelimited").is_none(),
+            "an error is not a limit"
+        );
     }
     assert_eq!(upstream.hits(), 0, "nothing passes while the store is down");
 
@@ -172,8 +179,16 @@ async fn envoy_fails_closed_with_500_when_the_store_is_unreachable() {
         2,
         "stats:\n{stats}"
     );
-    assert_eq!(stat(&stats, "cluster.upstream.ratelimit.error"), 2, "stats:\n{stats}");
-    assert_eq!(stat(&stats, "cluster.upstream.ratelimit.ok"), 0, "stats:\n{stats}");
+    assert_eq!(
+        stat(&stats, "cluster.upstream.ratelimit.error"),
+        2,
+        "stats:\n{stats}"
+    );
+    assert_eq!(
+        stat(&stats, "cluster.upstream.ratelimit.ok"),
+        0,
+        "stats:\n{stats}"
+    );
 }
 
 /// Where the Envoy binary is, once per test binary; `None` only with `TOLLGATE_SKIP_ENVOY=1`.
@@ -224,7 +239,11 @@ fn envoy_binary() -> Option<PathBuf> {
 
 /// `envoy --version`'s output, if `path` runs and says it is Envoy.
 fn envoy_version(path: &Path) -> Option<String> {
-    let out = Command::new(path).arg("--version").stdin(Stdio::null()).output().ok()?;
+    let out = Command::new(path)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     (out.status.success() && text.contains("version:")).then_some(text)
 }
@@ -299,7 +318,9 @@ struct Upstream {
 
 impl Upstream {
     async fn start() -> Self {
-        let listener = TcpListener::bind(loopback_port_0()).await.expect("bind the upstream");
+        let listener = TcpListener::bind(loopback_port_0())
+            .await
+            .expect("bind the upstream");
         let addr = listener.local_addr().expect("a bound address");
         let hits = Arc::new(AtomicUsize::new(0));
         let counter = hits.clone();
@@ -311,7 +332,9 @@ impl Upstream {
             }
         });
         let task = tokio::spawn(async move {
-            axum::serve(listener, router).await.expect("the upstream serves");
+            axum::serve(listener, router)
+                .await
+                .expect("the upstream serves");
         });
         Self { addr, hits, task }
     }
@@ -339,14 +362,22 @@ struct Envoy {
 impl Envoy {
     /// Starts Envoy in front of `upstream`, calling tollgate at `tollgate` with the rate
     /// limit filter's `timeout` set to `rls_timeout`, and waits until it serves.
-    async fn start(binary: &Path, tollgate: SocketAddr, upstream: SocketAddr, rls_timeout: &str) -> Envoy {
+    async fn start(
+        binary: &Path,
+        tollgate: SocketAddr,
+        upstream: SocketAddr,
+        rls_timeout: &str,
+    ) -> Envoy {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let bootstrap = BOOTSTRAP
             .replace("{{DOMAIN}}", DOMAIN)
             .replace("{{RLS_TIMEOUT}}", rls_timeout)
             .replace("{{UPSTREAM_PORT}}", &upstream.port().to_string())
             .replace("{{TOLLGATE_GRPC_PORT}}", &tollgate.port().to_string());
-        assert!(!bootstrap.contains("{{"), "every placeholder is filled:\n{bootstrap}");
+        assert!(
+            !bootstrap.contains("{{"),
+            "every placeholder is filled:\n{bootstrap}"
+        );
         let config = dir.path().join("envoy.yaml");
         let admin_file = dir.path().join("admin-address");
         let log = dir.path().join("envoy.log");
@@ -397,8 +428,16 @@ impl Envoy {
 
     /// The ingress address once Envoy is ready, else `None`.
     async fn probe(&mut self, client: &reqwest::Client, admin_file: &Path) -> Option<SocketAddr> {
-        self.admin = std::fs::read_to_string(admin_file).ok()?.trim().parse().ok()?;
-        let ready = client.get(format!("http://{}/ready", self.admin)).send().await.ok()?;
+        self.admin = std::fs::read_to_string(admin_file)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let ready = client
+            .get(format!("http://{}/ready", self.admin))
+            .send()
+            .await
+            .ok()?;
         if ready.status() != StatusCode::OK {
             return None;
         }
@@ -415,7 +454,10 @@ impl Envoy {
             .iter()
             .find(|l| l["name"] == "ingress")?["local_address"]["socket_address"]["port_value"]
             .as_u64()?;
-        Some(SocketAddr::from(([127, 0, 0, 1], u16::try_from(port).ok()?)))
+        Some(SocketAddr::from((
+            [127, 0, 0, 1],
+            u16::try_from(port).ok()?,
+        )))
     }
 
     /// `GET /` through Envoy as `user`.
@@ -439,7 +481,8 @@ impl Envoy {
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_else(|e| format!("<no log: {e}>"))
+        std::fs::read_to_string(self.dir.path().join("envoy.log"))
+            .unwrap_or_else(|e| format!("<no log: {e}>"))
     }
 }
 

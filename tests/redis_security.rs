@@ -451,8 +451,13 @@ async fn a_private_ca_verifies_the_server_by_name_and_by_address() {
         let verified = |url: String| tls_options(&url, Some(certs), None);
 
         assert_counts(verified(format!("rediss://:{PASSWORD}@localhost:{port}"))).await;
-        let store = assert_counts(verified(format!("rediss://:{PASSWORD}@127.0.0.1:{port}/1"))).await;
-        assert!(!store.describe().contains("insecure"), "{}", store.describe());
+        let store =
+            assert_counts(verified(format!("rediss://:{PASSWORD}@127.0.0.1:{port}/1"))).await;
+        assert!(
+            !store.describe().contains("insecure"),
+            "{}",
+            store.describe()
+        );
         let shown = format!("{store:?}");
         assert!(!shown.contains(PASSWORD), "{shown}");
 
@@ -555,7 +560,11 @@ async fn sentinel_over_verified_mutual_tls_reaches_the_master() {
         // The sentinel is reached by name, the master at the address it reports.
         assert_counts(tls_options(&url, Some(certs), Some(certs))).await;
         let mut conn = direct_tls(&format!("rediss://127.0.0.1:{}", master.port), certs).await;
-        let value: u64 = redis::cmd("GET").arg("k").query_async(&mut conn).await.unwrap();
+        let value: u64 = redis::cmd("GET")
+            .arg("k")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
         assert_eq!(value, 3, "the count is on the master");
 
         // Without the client certificate the sentinels (and the master) refuse it.
@@ -585,7 +594,11 @@ async fn cluster_over_verified_mutual_tls_counts_on_every_node() {
             let first = eventually_applied(&store, &updates).await;
             let second = store.apply(&updates).await.unwrap();
             assert_eq!(
-                second.iter().zip(&first).filter(|(b, a)| **b != **a + 1).count(),
+                second
+                    .iter()
+                    .zip(&first)
+                    .filter(|(b, a)| **b != **a + 1)
+                    .count(),
                 0,
                 "each counter went up by one: {first:?} then {second:?}"
             );
@@ -593,7 +606,11 @@ async fn cluster_over_verified_mutual_tls_counts_on_every_node() {
         let mut on_nodes = 0;
         for port in &cluster.ports {
             let mut conn = direct_tls(&format!("rediss://127.0.0.1:{port}"), certs).await;
-            let found: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut conn).await.unwrap();
+            let found: Vec<String> = redis::cmd("KEYS")
+                .arg("*")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
             on_nodes += usize::from(!found.is_empty());
         }
         assert!(on_nodes >= 2, "the keys should spread over the nodes");
@@ -628,7 +645,12 @@ async fn tls_files_that_do_not_suit_the_url_are_refused_when_the_store_is_built(
             err.contains("redis_tls_ca_file") && err.contains("does not use TLS"),
             "{err}"
         );
-        let err = config_error(tls_options("rediss://localhost:1#insecure", Some(&certs), None)).await;
+        let err = config_error(tls_options(
+            "rediss://localhost:1#insecure",
+            Some(&certs),
+            None,
+        ))
+        .await;
         assert!(
             err.contains("redis_tls_ca_file") && err.contains("#insecure"),
             "{err}"
@@ -647,7 +669,9 @@ async fn tls_files_that_do_not_suit_the_url_are_refused_when_the_store_is_built(
         missing.tls_ca_file = Some(dir.path().join("nope.crt"));
         let err = config_error(missing).await;
         assert!(
-            err.contains("redis_tls_ca_file") && err.contains("nope.crt") && err.contains("does not exist"),
+            err.contains("redis_tls_ca_file")
+                && err.contains("nope.crt")
+                && err.contains("does not exist"),
             "{err}"
         );
     })
@@ -687,42 +711,63 @@ async fn redis_tls_settings_are_checked_at_startup() {
         with(Some(ca), Some(cert), Some(key)).validate().unwrap();
 
         let cases: Vec<(Settings, &str, Vec<String>)> = vec![
-            (with(Some(&missing), None, None), "redis_tls_ca_file", vec![
-                missing.display().to_string(),
-                "does not exist".into(),
-            ]),
-            (with(None, Some(cert), None), "redis_tls_client_key_file", vec![
-                "not set".into(),
-                cert.display().to_string(),
-            ]),
-            (with(None, None, Some(key)), "redis_tls_client_cert_file", vec![
-                "not set".into(),
-                key.display().to_string(),
-            ]),
-            (with(None, Some(&missing), Some(key)), "redis_tls_client_cert_file", vec![
-                "does not exist".into(),
-            ]),
-            (with(None, Some(cert), Some(&missing)), "redis_tls_client_key_file", vec![
-                "does not exist".into(),
-            ]),
-            (with(Some(&not_pem), None, None), "redis_tls_ca_file", vec![
-                not_pem.display().to_string(),
-                "no PEM certificate".into(),
-            ]),
-            (with(Some(key), None, None), "redis_tls_ca_file", vec!["no PEM certificate".into()]),
-            (with(Some(dir.path()), None, None), "redis_tls_ca_file", vec![
-                "cannot be read".into(),
-            ]),
-            (with(None, Some(key), Some(key)), "redis_tls_client_cert_file", vec![
-                "no PEM certificate".into(),
-            ]),
-            (with(None, Some(cert), Some(cert)), "redis_tls_client_key_file", vec![
-                "no PEM private key".into(),
-            ]),
+            (
+                with(Some(&missing), None, None),
+                "redis_tls_ca_file",
+                vec![missing.display().to_string(), "does not exist".into()],
+            ),
+            (
+                with(None, Some(cert), None),
+                "redis_tls_client_key_file",
+                vec!["not set".into(), cert.display().to_string()],
+            ),
+            (
+                with(None, None, Some(key)),
+                "redis_tls_client_cert_file",
+                vec!["not set".into(), key.display().to_string()],
+            ),
+            (
+                with(None, Some(&missing), Some(key)),
+                "redis_tls_client_cert_file",
+                vec!["does not exist".into()],
+            ),
+            (
+                with(None, Some(cert), Some(&missing)),
+                "redis_tls_client_key_file",
+                vec!["does not exist".into()],
+            ),
+            (
+                with(Some(&not_pem), None, None),
+                "redis_tls_ca_file",
+                vec![not_pem.display().to_string(), "no PEM certificate".into()],
+            ),
+            (
+                with(Some(key), None, None),
+                "redis_tls_ca_file",
+                vec!["no PEM certificate".into()],
+            ),
+            (
+                with(Some(dir.path()), None, None),
+                "redis_tls_ca_file",
+                vec!["cannot be read".into()],
+            ),
+            (
+                with(None, Some(key), Some(key)),
+                "redis_tls_client_cert_file",
+                vec!["no PEM certificate".into()],
+            ),
+            (
+                with(None, Some(cert), Some(cert)),
+                "redis_tls_client_key_file",
+                vec!["no PEM private key".into()],
+            ),
             (
                 with(None, Some(cert), Some(&stranger.client_key)),
                 "redis_tls_client_key_file",
-                vec!["is not the key of the certificate".into(), cert.display().to_string()],
+                vec![
+                    "is not the key of the certificate".into(),
+                    cert.display().to_string(),
+                ],
             ),
             (
                 Settings {
@@ -743,7 +788,10 @@ async fn redis_tls_settings_are_checked_at_startup() {
         ];
         for (settings, field, says) in cases {
             let err = error(settings);
-            assert!(err.contains(&format!("'{field}'")), "should name {field}: {err}");
+            assert!(
+                err.contains(&format!("'{field}'")),
+                "should name {field}: {err}"
+            );
             for said in says {
                 assert!(err.contains(&said), "should say {said:?}: {err}");
             }
@@ -754,7 +802,10 @@ async fn redis_tls_settings_are_checked_at_startup() {
             Ok(_) => panic!("the app was built"),
             Err(err) => format!("{err:#}"),
         };
-        assert!(err.contains("redis_tls_ca_file") && err.contains("missing.pem"), "{err}");
+        assert!(
+            err.contains("redis_tls_ca_file") && err.contains("missing.pem"),
+            "{err}"
+        );
     })
     .await;
 }
@@ -949,9 +1000,17 @@ async fn a_whole_app_over_verified_mutual_tls_answers() {
 
         // The counter lives in that server.
         let mut conn = direct_tls(&url, &certs).await;
-        let keys: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut conn).await.unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("*")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
         assert_eq!(keys.len(), 1, "{keys:?}");
-        let count: u64 = redis::cmd("GET").arg(&keys[0]).query_async(&mut conn).await.unwrap();
+        let count: u64 = redis::cmd("GET")
+            .arg(&keys[0])
+            .query_async(&mut conn)
+            .await
+            .unwrap();
         assert_eq!(count, 4);
 
         app.stop().await;
@@ -1263,7 +1322,10 @@ impl TlsCluster {
                 if info.contains("cluster_state:ok") {
                     break;
                 }
-                assert!(started.elapsed() < PATIENCE, "the cluster is not ok:\n{info}");
+                assert!(
+                    started.elapsed() < PATIENCE,
+                    "the cluster is not ok:\n{info}"
+                );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
@@ -1309,7 +1371,11 @@ fn make_certs(dir: &Path) -> Certs {
             "/CN=localhost",
             "extendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n",
         ),
-        ("client", "/CN=tollgate-test-client", "extendedKeyUsage=clientAuth\n"),
+        (
+            "client",
+            "/CN=tollgate-test-client",
+            "extendedKeyUsage=clientAuth\n",
+        ),
     ] {
         openssl(
             dir,

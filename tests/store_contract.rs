@@ -318,7 +318,11 @@ async fn an_idle_counter_counts_reads_refunds_and_caps_like_a_window<S: CounterS
     // A read creates nothing; a charge the cap refuses creates nothing either.
     assert_eq!(h.one(idle(&key, 0, 60)).await, 0);
     assert_eq!(h.one(idle(&key, 3, 60).capped(2)).await, 0);
-    assert_eq!(h.counters_held().await, 0, "a read or a refused charge created a counter");
+    assert_eq!(
+        h.counters_held().await,
+        0,
+        "a read or a refused charge created a counter"
+    );
     assert_eq!(h.one(idle(&key, 1, 60)).await, 0);
     assert_eq!(h.one(idle(&key, 2, 60)).await, 1);
     assert_eq!(h.one(idle(&key, 0, 60)).await, 3);
@@ -339,7 +343,10 @@ async fn concurrent_idle_charges_admit_exactly_the_cap<S: CounterStore + Clone>(
         let store = h.store.clone();
         let key = key.clone();
         tasks.push(tokio::spawn(async move {
-            store.apply(&[idle(&key, 1, 60).capped(5)]).await.expect("store call")[0]
+            store
+                .apply(&[idle(&key, 1, 60).capped(5)])
+                .await
+                .expect("store call")[0]
         }));
     }
     let mut admitted = 0;
@@ -1151,7 +1158,11 @@ async fn memory_an_idle_counter_lives_while_it_is_charged_and_expires_once_idle(
     clock.advance(Duration::from_secs(4));
     assert_eq!(h.value(&key).await, 3);
     clock.advance(Duration::from_secs(1));
-    assert_eq!(h.value(&key).await, 0, "a read or a refund kept the idle counter alive");
+    assert_eq!(
+        h.value(&key).await,
+        0,
+        "a read or a refund kept the idle counter alive"
+    );
     store.sweep();
     assert_eq!(store.len(), 0);
     // A new life from zero.
@@ -1254,35 +1265,55 @@ async fn redis_an_idle_counters_ttl_moves_on_every_charge_only() {
     let key = h.key("session");
     h.one(idle(&key, 1, 100)).await;
     let ttl = ttl_of(&mut conn, &key).await;
-    assert!((90..=100).contains(&ttl), "new key got TTL {ttl}, wanted 100");
+    assert!(
+        (90..=100).contains(&ttl),
+        "new key got TTL {ttl}, wanted 100"
+    );
     let shorten = |conn: &mut MultiplexedConnection| {
         let key = key.clone();
         let mut conn = conn.clone();
         async move {
-            let _: () = redis::cmd("EXPIRE").arg(&key).arg(40).query_async(&mut conn).await.unwrap();
+            let _: () = redis::cmd("EXPIRE")
+                .arg(&key)
+                .arg(40)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
         }
     };
     // A charge sets the TTL again, to the idle time it names.
     shorten(&mut conn).await;
     h.one(idle(&key, 1, 1000)).await;
     let ttl = ttl_of(&mut conn, &key).await;
-    assert!((990..=1000).contains(&ttl), "a charge left the TTL at {ttl}");
+    assert!(
+        (990..=1000).contains(&ttl),
+        "a charge left the TTL at {ttl}"
+    );
     // So does a charge the cap refuses (the session is in use).
     shorten(&mut conn).await;
     assert_eq!(h.one(idle(&key, 5, 1000).capped(3)).await, 2);
     let ttl = ttl_of(&mut conn, &key).await;
-    assert!((990..=1000).contains(&ttl), "a refused charge left the TTL at {ttl}");
+    assert!(
+        (990..=1000).contains(&ttl),
+        "a refused charge left the TTL at {ttl}"
+    );
     // A read and a refund leave it alone.
     shorten(&mut conn).await;
     assert_eq!(h.value(&key).await, 2);
     h.one(idle(&key, 1, 1000).refunding()).await;
     let ttl = ttl_of(&mut conn, &key).await;
-    assert!((1..=40).contains(&ttl), "a read or a refund moved the TTL to {ttl}");
+    assert!(
+        (1..=40).contains(&ttl),
+        "a read or a refund moved the TTL to {ttl}"
+    );
     assert_eq!(h.value(&key).await, 1);
     // A refused charge on a missing key creates none.
     let fresh = h.key("fresh");
     h.one(idle(&fresh, 5, 1000).capped(3)).await;
-    assert!(!exists(&mut conn, &fresh).await, "a refused charge created the key");
+    assert!(
+        !exists(&mut conn, &fresh).await,
+        "a refused charge created the key"
+    );
 }
 
 #[tokio::test]

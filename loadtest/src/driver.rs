@@ -45,7 +45,10 @@ pub struct RunConfig {
 }
 
 /// Opens `n` HTTP/2 connections (one tonic channel each; clones share a connection).
-pub async fn connect(target: &str, n: usize) -> anyhow::Result<Vec<RateLimitServiceClient<Channel>>> {
+pub async fn connect(
+    target: &str,
+    n: usize,
+) -> anyhow::Result<Vec<RateLimitServiceClient<Channel>>> {
     let endpoint = Endpoint::from_shared(target.to_owned())
         .with_context(|| format!("bad target {target}"))?
         .tcp_nodelay(true)
@@ -157,7 +160,11 @@ fn spawn_progress(live: Arc<Live>, clock: Clock, what: String) -> tokio::task::J
             let answered = live.answered.load(Ordering::Relaxed);
             let rate = (answered - last) as f64 / now.duration_since(last_at).as_secs_f64();
             (last, last_at) = (answered, now);
-            let phase = if now < clock.measure_from { "warmup " } else { "measure" };
+            let phase = if now < clock.measure_from {
+                "warmup "
+            } else {
+                "measure"
+            };
             eprintln!(
                 "[{:5.1}s] {what} {phase} {rate:>9.0} req/s  answered {answered}  over-limit {}  errors {}  in-flight {}",
                 now.duration_since(clock.start).as_secs_f64(),
@@ -223,7 +230,10 @@ fn spawn_sampler(clock: Clock, server_pid: Option<u32>) -> tokio::task::JoinHand
 fn merge(tallies: Vec<Tally>) -> Tally {
     let mut total = Tally::new();
     for t in tallies {
-        total.histogram.add(&t.histogram).expect("histograms share their bounds");
+        total
+            .histogram
+            .add(&t.histogram)
+            .expect("histograms share their bounds");
         total.requests += t.requests;
         total.over_limit += t.over_limit;
         total.errors += t.errors;
@@ -232,10 +242,19 @@ fn merge(tallies: Vec<Tally>) -> Tally {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
-fn result(config: &RunConfig, mode: Mode, rate: Option<f64>, total: &Tally, dropped: u64, started_at: u64) -> RunResult {
+fn result(
+    config: &RunConfig,
+    mode: Mode,
+    rate: Option<f64>,
+    total: &Tally,
+    dropped: u64,
+    started_at: u64,
+) -> RunResult {
     let seconds = config.duration.as_secs_f64();
     RunResult {
         label: config.label.clone(),
@@ -271,13 +290,20 @@ impl RunResult {
 }
 
 /// Closed loop: every stream sends as soon as its previous call is answered.
-pub async fn run_closed(config: &RunConfig, clients: &[RateLimitServiceClient<Channel>]) -> RunResult {
+pub async fn run_closed(
+    config: &RunConfig,
+    clients: &[RateLimitServiceClient<Channel>],
+) -> RunResult {
     let started_at = unix_now();
     let clock = Clock::new(config.warmup, config.duration);
     let live = Arc::new(Live::default());
-    let progress = config
-        .progress
-        .then(|| spawn_progress(live.clone(), clock, format!("{} closed", config.scenario.name())));
+    let progress = config.progress.then(|| {
+        spawn_progress(
+            live.clone(),
+            clock,
+            format!("{} closed", config.scenario.name()),
+        )
+    });
     let usage = spawn_sampler(clock, config.server_pid);
     let mut workers = Vec::new();
     for (c, client) in clients.iter().enumerate() {
@@ -294,7 +320,15 @@ pub async fn run_closed(config: &RunConfig, clients: &[RateLimitServiceClient<Ch
                         break;
                     }
                     let measured = sent >= clock.measure_from;
-                    call(&mut client, &mut generator, sent, measured, &live, &mut tally).await;
+                    call(
+                        &mut client,
+                        &mut generator,
+                        sent,
+                        measured,
+                        &live,
+                        &mut tally,
+                    )
+                    .await;
                 }
                 tally
             }));
@@ -313,7 +347,11 @@ pub async fn run_closed(config: &RunConfig, clients: &[RateLimitServiceClient<Ch
 }
 
 /// Open loop at `rate` requests per second, at most `connections x concurrency` in flight.
-pub async fn run_open(config: &RunConfig, clients: &[RateLimitServiceClient<Channel>], rate: f64) -> RunResult {
+pub async fn run_open(
+    config: &RunConfig,
+    clients: &[RateLimitServiceClient<Channel>],
+    rate: f64,
+) -> RunResult {
     let started_at = unix_now();
     let rate = rate.max(1.0);
     let interval = Duration::from_secs_f64(1.0 / rate);
@@ -341,7 +379,11 @@ pub async fn run_open(config: &RunConfig, clients: &[RateLimitServiceClient<Chan
                     sent = due;
                     released.store(sent, Ordering::Relaxed);
                 }
-                let next = if sent >= total_due { clock.end } else { clock.start + interval.mul_f64(sent as f64) };
+                let next = if sent >= total_due {
+                    clock.end
+                } else {
+                    clock.start + interval.mul_f64(sent as f64)
+                };
                 let wait = next.saturating_duration_since(Instant::now());
                 if !wait.is_zero() {
                     std::thread::sleep(wait);
@@ -353,9 +395,13 @@ pub async fn run_open(config: &RunConfig, clients: &[RateLimitServiceClient<Chan
     };
 
     let live = Arc::new(Live::default());
-    let progress = config
-        .progress
-        .then(|| spawn_progress(live.clone(), clock, format!("{} open@{rate:.0}", config.scenario.name())));
+    let progress = config.progress.then(|| {
+        spawn_progress(
+            live.clone(),
+            clock,
+            format!("{} open@{rate:.0}", config.scenario.name()),
+        )
+    });
     let usage = spawn_sampler(clock, config.server_pid);
     let mut workers = Vec::new();
     for (c, client) in clients.iter().enumerate() {
@@ -373,7 +419,15 @@ pub async fn run_open(config: &RunConfig, clients: &[RateLimitServiceClient<Chan
                     let ticket = next_ticket.fetch_add(1, Ordering::Relaxed);
                     let due = clock.start + interval.mul_f64(ticket as f64);
                     let measured = due >= clock.measure_from;
-                    call(&mut client, &mut generator, due, measured, &live, &mut tally).await;
+                    call(
+                        &mut client,
+                        &mut generator,
+                        due,
+                        measured,
+                        &live,
+                        &mut tally,
+                    )
+                    .await;
                 }
                 tally
             }));
@@ -390,13 +444,24 @@ pub async fn run_open(config: &RunConfig, clients: &[RateLimitServiceClient<Chan
     let dropped = released
         .load(Ordering::Relaxed)
         .saturating_sub(next_ticket.load(Ordering::Relaxed).min(total_due));
-    let mut run = result(config, Mode::Open, Some(rate), &merge(tallies), dropped, started_at);
+    let mut run = result(
+        config,
+        Mode::Open,
+        Some(rate),
+        &merge(tallies),
+        dropped,
+        started_at,
+    );
     run.set_usage(usage.await.unwrap_or_default());
     run
 }
 
 /// Finds the closed-loop maximum, then measures latency open-loop at `fraction` of it.
-pub async fn run_half_max(config: &RunConfig, clients: &[RateLimitServiceClient<Channel>], fraction: f64) -> RunResult {
+pub async fn run_half_max(
+    config: &RunConfig,
+    clients: &[RateLimitServiceClient<Channel>],
+    fraction: f64,
+) -> RunResult {
     let max = run_closed(config, clients).await;
     let rate = (max.throughput_rps * fraction).max(1.0);
     if config.progress {

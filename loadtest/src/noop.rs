@@ -36,7 +36,10 @@ impl NoopRls {
 
 #[tonic::async_trait]
 impl RateLimitService for NoopRls {
-    async fn should_rate_limit(&self, request: Request<RateLimitRequest>) -> Result<Response<RateLimitResponse>, Status> {
+    async fn should_rate_limit(
+        &self,
+        request: Request<RateLimitRequest>,
+    ) -> Result<Response<RateLimitResponse>, Status> {
         Ok(Response::new(Self::answer(request.get_ref())))
     }
 }

@@ -44,7 +44,10 @@ pub struct Row {
 }
 
 fn scenario_rank(name: &str) -> usize {
-    Scenario::ALL.iter().position(|s| s.name() == name).unwrap_or(usize::MAX)
+    Scenario::ALL
+        .iter()
+        .position(|s| s.name() == name)
+        .unwrap_or(usize::MAX)
 }
 
 /// The rows for `results`, ordered by mode, scenario, then the baseline first and the other
@@ -56,22 +59,36 @@ pub fn aggregate(results: &[RunResult], baseline: &str) -> Vec<Row> {
             label_order.push(&r.label);
         }
     }
-    let rank = |label: &str| label_order.iter().position(|l| *l == label).unwrap_or(usize::MAX);
-    let mut groups: BTreeMap<(Mode, usize, String, usize, String), Vec<&RunResult>> = BTreeMap::new();
+    let rank = |label: &str| {
+        label_order
+            .iter()
+            .position(|l| *l == label)
+            .unwrap_or(usize::MAX)
+    };
+    let mut groups: BTreeMap<(Mode, usize, String, usize, String), Vec<&RunResult>> =
+        BTreeMap::new();
     for r in results {
-        let key = (r.mode, scenario_rank(&r.scenario), r.scenario.clone(), rank(&r.label), r.label.clone());
+        let key = (
+            r.mode,
+            scenario_rank(&r.scenario),
+            r.scenario.clone(),
+            rank(&r.label),
+            r.label.clone(),
+        );
         groups.entry(key).or_default().push(r);
     }
     let headline = |r: &RunResult| r.max_throughput_rps.unwrap_or(r.throughput_rps);
     let baseline_of = |mode: Mode, scenario: &str, round: u32| {
-        results
-            .iter()
-            .find(|b| b.label == baseline && b.mode == mode && b.scenario == scenario && b.round == round)
+        results.iter().find(|b| {
+            b.label == baseline && b.mode == mode && b.scenario == scenario && b.round == round
+        })
     };
     groups
         .into_iter()
         .map(|((mode, _, scenario, _, label), runs)| {
-            let med = |f: &dyn Fn(&RunResult) -> f64| median(&runs.iter().map(|r| f(r)).collect::<Vec<_>>()).unwrap_or(0.0);
+            let med = |f: &dyn Fn(&RunResult) -> f64| {
+                median(&runs.iter().map(|r| f(r)).collect::<Vec<_>>()).unwrap_or(0.0)
+            };
             let ratios: Vec<f64> = runs
                 .iter()
                 .filter_map(|r| {
@@ -84,8 +101,13 @@ pub fn aggregate(results: &[RunResult], baseline: &str) -> Vec<Row> {
                 mode,
                 rounds: runs.len(),
                 throughput_rps: med(&|r| r.throughput_rps),
-                max_throughput_rps: is_half_max.then(|| med(&|r| r.max_throughput_rps.unwrap_or(0.0))),
-                ratio_to_baseline: if label == baseline { None } else { median(&ratios) },
+                max_throughput_rps: is_half_max
+                    .then(|| med(&|r| r.max_throughput_rps.unwrap_or(0.0))),
+                ratio_to_baseline: if label == baseline {
+                    None
+                } else {
+                    median(&ratios)
+                },
                 rate: (mode != Mode::Closed).then(|| med(&|r| r.rate.unwrap_or(0.0))),
                 p50_us: med(&|r| r.latency.p50_us),
                 p90_us: med(&|r| r.latency.p90_us),
@@ -93,7 +115,10 @@ pub fn aggregate(results: &[RunResult], baseline: &str) -> Vec<Row> {
                 p999_us: med(&|r| r.latency.p999_us),
                 client_cpu: median(&runs.iter().filter_map(|r| r.client_cpu).collect::<Vec<_>>()),
                 server_cpu: median(&runs.iter().filter_map(|r| r.server_cpu).collect::<Vec<_>>()),
-                server_rss_mib: runs.iter().filter_map(|r| r.server_rss_mib).reduce(f64::max),
+                server_rss_mib: runs
+                    .iter()
+                    .filter_map(|r| r.server_rss_mib)
+                    .reduce(f64::max),
                 requests: runs.iter().map(|r| r.requests).sum(),
                 over_limit: runs.iter().map(|r| r.over_limit).sum(),
                 errors: runs.iter().map(|r| r.errors).sum(),
@@ -139,7 +164,10 @@ fn share(part: u64, whole: u64) -> String {
     if part == 0 {
         "0".to_owned()
     } else {
-        format!("{part} ({:.1} %)", part as f64 * 100.0 / whole.max(1) as f64)
+        format!(
+            "{part} ({:.1} %)",
+            part as f64 * 100.0 / whole.max(1) as f64
+        )
     }
 }
 
@@ -164,13 +192,17 @@ pub fn markdown(rows: &[Row]) -> String {
                 ms(r.p99_us),
                 ms(r.p999_us),
                 cpu(r),
-                r.server_rss_mib.map_or_else(|| "?".to_owned(), |m| format!("{m:.0}")),
+                r.server_rss_mib
+                    .map_or_else(|| "?".to_owned(), |m| format!("{m:.0}")),
                 share(r.over_limit, r.requests),
                 r.errors,
             );
         }
     }
-    for (mode, title) in [(Mode::HalfMax, "Latency at a fraction of the maximum"), (Mode::Open, "Fixed rate")] {
+    for (mode, title) in [
+        (Mode::HalfMax, "Latency at a fraction of the maximum"),
+        (Mode::Open, "Fixed rate"),
+    ] {
         let open: Vec<&Row> = rows.iter().filter(|r| r.mode == mode).collect();
         if open.is_empty() {
             continue;
@@ -189,7 +221,11 @@ pub fn markdown(rows: &[Row]) -> String {
                 r.label,
                 r.rounds,
                 r.max_throughput_rps.map_or_else(|| "-".to_owned(), rps),
-                if r.max_throughput_rps.is_some() { ratio(r) } else { "-".to_owned() },
+                if r.max_throughput_rps.is_some() {
+                    ratio(r)
+                } else {
+                    "-".to_owned()
+                },
                 rps(r.rate.unwrap_or(0.0)),
                 ms(r.p50_us),
                 ms(r.p90_us),
@@ -273,7 +309,12 @@ mod tests {
             .into_iter()
             .map(|r| (r.scenario, r.label))
             .collect();
-        let want = [("one", "noop"), ("one", "redis"), ("five", "noop"), ("five", "redis")];
+        let want = [
+            ("one", "noop"),
+            ("one", "redis"),
+            ("five", "noop"),
+            ("five", "redis"),
+        ];
         assert_eq!(order, want.map(|(s, l)| (s.to_owned(), l.to_owned())));
     }
 
@@ -281,7 +322,10 @@ mod tests {
     fn the_table_prints_throughput_with_separators_and_latency_in_ms() {
         let rows = aggregate(&[run("noop", 1, "one", 123_456.4, 1_500.0)], "noop");
         let table = markdown(&rows);
-        assert!(table.contains("| one | noop | 1 | 123,456 | 1 (baseline) |"), "{table}");
+        assert!(
+            table.contains("| one | noop | 1 | 123,456 | 1 (baseline) |"),
+            "{table}"
+        );
         assert!(table.contains("| 1.500 |"), "{table}");
         assert!(table.contains("| 0.50 / ? | 12 |"), "{table}");
     }

@@ -13,7 +13,9 @@ pub fn new_histogram() -> Histogram<u64> {
 
 /// Records one latency, clamped into the histogram's range.
 pub fn record(histogram: &mut Histogram<u64>, latency: std::time::Duration) {
-    let us = u64::try_from(latency.as_micros()).unwrap_or(HIGHEST_US).clamp(1, HIGHEST_US);
+    let us = u64::try_from(latency.as_micros())
+        .unwrap_or(HIGHEST_US)
+        .clamp(1, HIGHEST_US);
     histogram.saturating_record(us);
 }
 
@@ -46,7 +48,11 @@ pub fn summarize(histogram: &Histogram<u64>) -> Latency {
 
 /// Requests per second.
 pub fn throughput(requests: u64, seconds: f64) -> f64 {
-    if seconds > 0.0 { requests as f64 / seconds } else { 0.0 }
+    if seconds > 0.0 {
+        requests as f64 / seconds
+    } else {
+        0.0
+    }
 }
 
 /// The median of `values` (the mean of the middle two for an even count); `None` when empty.

@@ -26,7 +26,12 @@ fn every_scenario_writes_rules_that_tollgate_loads() {
         scenario::write_rules(dir.path(), scenario, &small()).unwrap();
         let rules = load_dir(dir.path(), &LoadOptions::default(), &Metrics::new())
             .unwrap_or_else(|e| panic!("{}: {e}", scenario.name()));
-        assert_eq!(rules.domain_names(), [scenario.domain()], "{}", scenario.name());
+        assert_eq!(
+            rules.domain_names(),
+            [scenario.domain()],
+            "{}",
+            scenario.name()
+        );
     }
 }
 
@@ -50,10 +55,13 @@ fn every_generated_descriptor_matches_a_limited_rule() {
             let request = generator.next_request();
             assert_eq!(request.domain, scenario.domain());
             for descriptor in &request.descriptors {
-                let entries = descriptor.entries.iter().map(|e| (e.key.as_str(), e.value.as_str()));
-                let path = domain
-                    .find(entries)
-                    .unwrap_or_else(|| panic!("{}: {descriptor:?} matches no rule", scenario.name()));
+                let entries = descriptor
+                    .entries
+                    .iter()
+                    .map(|e| (e.key.as_str(), e.value.as_str()));
+                let path = domain.find(entries).unwrap_or_else(|| {
+                    panic!("{}: {descriptor:?} matches no rule", scenario.name())
+                });
                 let limits = &path.last().unwrap().limits;
                 assert!(
                     limits.iter().any(|l| !l.unlimited),
@@ -101,14 +109,19 @@ async fn the_driver_measures_the_noop_server_in_both_loops() {
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
     let config = config(target, Scenario::Five);
-    let clients = driver::connect(&config.target, config.connections).await.unwrap();
+    let clients = driver::connect(&config.target, config.connections)
+        .await
+        .unwrap();
 
     let closed = driver::run_closed(&config, &clients).await;
     assert!(closed.requests > 0, "{closed:?}");
     assert_eq!((closed.errors, closed.over_limit), (0, 0), "{closed:?}");
     assert!(closed.latency.p50_us > 0.0 && closed.latency.p50_us <= closed.latency.p999_us);
     if cfg!(target_os = "linux") {
-        assert!(closed.client_cpu.is_some() && closed.server_cpu.is_some(), "{closed:?}");
+        assert!(
+            closed.client_cpu.is_some() && closed.server_cpu.is_some(),
+            "{closed:?}"
+        );
         assert!(closed.server_rss_mib.is_some_and(|m| m > 0.0), "{closed:?}");
     }
 
@@ -143,7 +156,9 @@ async fn tollgate_answers_every_token_budget_call_ok_under_the_generated_rules()
         let _ = stopped.await;
     }));
     let config = config(target, Scenario::TokenBudget);
-    let clients = driver::connect(&config.target, config.connections).await.unwrap();
+    let clients = driver::connect(&config.target, config.connections)
+        .await
+        .unwrap();
     let result = driver::run_closed(&config, &clients).await;
     assert!(result.requests > 0, "{result:?}");
     assert_eq!((result.errors, result.over_limit), (0, 0), "{result:?}");

@@ -24,7 +24,8 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{Body, Page, Query, default_limit};
 use super::{AdminState, List};
 use crate::ledger::approvals::{
-    Approval, ApprovalFiling, ApprovalFilter, ApprovalKind, ApprovalStatus, Decision, MAX_TEXT, NewApproval,
+    Approval, ApprovalFiling, ApprovalFilter, ApprovalKind, ApprovalStatus, Decision, MAX_TEXT,
+    NewApproval,
 };
 use crate::ledger::budgets::Amount;
 use crate::ledger::tenants::{Invalid, validate_text};
@@ -58,35 +59,62 @@ pub async fn file_approval(
     caller.require(&[Role::Tenant])?;
     let Body(new) = new?;
     new.validate(state.ledger.now_ms())?;
-    let mut tenant_id = new.tenant_id.clone().or_else(|| caller.scope().map(str::to_owned));
+    let mut tenant_id = new
+        .tenant_id
+        .clone()
+        .or_else(|| caller.scope().map(str::to_owned));
     let mut payload = new.payload.clone();
     if let Some(budget_id) = &new.payload.budget_id {
         let budget = state.ledger.budget(budget_id).await?;
         if let Some(own) = caller.scope()
             && budget.tenant_id.as_deref() != Some(own)
         {
-            return Err(ApiError::NotFound(format!("budget '{budget_id}' not found")));
+            return Err(ApiError::NotFound(format!(
+                "budget '{budget_id}' not found"
+            )));
         }
         if budget.deleted_at.is_some() {
-            return Err(ApiError::Conflict(format!("budget '{budget_id}' is retired")));
+            return Err(ApiError::Conflict(format!(
+                "budget '{budget_id}' is retired"
+            )));
         }
         if new.tenant_id.is_some() && new.tenant_id != budget.tenant_id {
-            let owner = budget.tenant_id.as_deref().map_or("no tenant (it is global)".to_owned(), |t| format!("tenant '{t}'"));
-            return Err(Invalid::new("tenant_id", format!("budget '{budget_id}' belongs to {owner}")).into());
+            let owner = budget
+                .tenant_id
+                .as_deref()
+                .map_or("no tenant (it is global)".to_owned(), |t| {
+                    format!("tenant '{t}'")
+                });
+            return Err(Invalid::new(
+                "tenant_id",
+                format!("budget '{budget_id}' belongs to {owner}"),
+            )
+            .into());
         }
-        let amount = new.payload.amount.as_ref().expect("validated: budget requests have an amount");
+        let amount = new
+            .payload
+            .amount
+            .as_ref()
+            .expect("validated: budget requests have an amount");
         let units = amount.to_units(budget.measure, "payload.amount")?;
         if units <= budget.amount_units {
             return Err(Invalid::new(
                 "payload.amount",
-                format!("must be above the budget's current amount ({})", budget.amount),
+                format!(
+                    "must be above the budget's current amount ({})",
+                    budget.amount
+                ),
             )
             .into());
         }
         tenant_id = budget.tenant_id.clone();
         payload.amount = Some(Amount::from_units(budget.measure, units));
     } else if tenant_id.is_none() {
-        return Err(Invalid::new("tenant_id", format!("is required for a {} request", new.kind.as_str())).into());
+        return Err(Invalid::new(
+            "tenant_id",
+            format!("is required for a {} request", new.kind.as_str()),
+        )
+        .into());
     }
     if let Some(tenant) = &tenant_id {
         caller.may_see(tenant)?;
@@ -97,7 +125,10 @@ pub async fn file_approval(
         reason: new.reason,
         payload,
     };
-    Ok((StatusCode::CREATED, Json(state.ledger.file_approval(caller.actor(), &filing).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(state.ledger.file_approval(caller.actor(), &filing).await?),
+    ))
 }
 
 /// Filters and pagination for the request list.
@@ -126,7 +157,11 @@ pub async fn list_approvals(
 ) -> Result<Json<List<Approval>>, ApiError> {
     caller.require(READERS)?;
     let Query(query) = query?;
-    let page = Page { limit: query.limit, offset: query.offset }.validate()?;
+    let page = Page {
+        limit: query.limit,
+        offset: query.offset,
+    }
+    .validate()?;
     let filter = ApprovalFilter {
         status: query.status,
         kind: query.kind,
@@ -134,11 +169,18 @@ pub async fn list_approvals(
         limit: page.limit + 1,
         offset: page.offset,
     };
-    Ok(Json(List::page(state.ledger.approvals(&filter).await?, page)))
+    Ok(Json(List::page(
+        state.ledger.approvals(&filter).await?,
+        page,
+    )))
 }
 
 /// A request the caller may see; others' answer 404 like unknown ones.
-async fn visible_approval(state: &AdminState, caller: &Caller, id: &str) -> Result<Approval, ApiError> {
+async fn visible_approval(
+    state: &AdminState,
+    caller: &Caller,
+    id: &str,
+) -> Result<Approval, ApiError> {
     let approval = state.ledger.approval(id).await?;
     if let Some(own) = caller.scope()
         && approval.tenant_id.as_deref() != Some(own)
@@ -151,7 +193,11 @@ async fn visible_approval(state: &AdminState, caller: &Caller, id: &str) -> Resu
 /// One request.
 #[utoipa::path(get, path = "/v1/approvals/{id}", tag = "approvals",
     responses((status = 200, body = Approval), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn get_approval(State(state): State<AdminState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Approval>, ApiError> {
+pub async fn get_approval(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Approval>, ApiError> {
     caller.require(READERS)?;
     Ok(Json(visible_approval(&state, &caller, &id).await?))
 }
@@ -182,11 +228,16 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalB
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         if req.headers().contains_key(header::CONTENT_TYPE) {
-            return Body::<T>::from_request(req, state).await.map(|Body(t)| OptionalBody(t));
+            return Body::<T>::from_request(req, state)
+                .await
+                .map(|Body(t)| OptionalBody(t));
         }
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|_| ApiError::BadRequest(StatusCode::PAYLOAD_TOO_LARGE, "the body is too large".to_owned()))?;
+        let bytes = Bytes::from_request(req, state).await.map_err(|_| {
+            ApiError::BadRequest(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the body is too large".to_owned(),
+            )
+        })?;
         if bytes.is_empty() {
             Ok(OptionalBody(T::default()))
         } else {
@@ -214,7 +265,12 @@ async fn decide(
             "approval '{id}' was filed with this token; the requester may not decide it (another approver or admin must)"
         )));
     }
-    Ok(Json(state.ledger.decide_approval(caller.actor(), &id, decision, note).await?))
+    Ok(Json(
+        state
+            .ledger
+            .decide_approval(caller.actor(), &id, decision, note)
+            .await?,
+    ))
 }
 
 /// Approves a pending request and applies its effect, all in one transaction. The requester
@@ -262,7 +318,14 @@ pub async fn cancel_approval(
     let note = note.validate()?;
     let approval = visible_approval(&state, &caller, &id).await?;
     if caller.role() != Role::Admin && approval.requested_by != caller.actor() {
-        return Err(ApiError::Forbidden("only the requester or an admin may cancel a request".to_owned()));
+        return Err(ApiError::Forbidden(
+            "only the requester or an admin may cancel a request".to_owned(),
+        ));
     }
-    Ok(Json(state.ledger.cancel_approval(caller.actor(), &id, note).await?))
+    Ok(Json(
+        state
+            .ledger
+            .cancel_approval(caller.actor(), &id, note)
+            .await?,
+    ))
 }

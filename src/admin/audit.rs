@@ -49,10 +49,22 @@ pub async fn list_audit(
 ) -> Result<Json<List<AuditEntry>>, ApiError> {
     caller.require(&[Role::Finance])?;
     let Query(params) = params?;
-    let page = Page { limit: params.limit, offset: params.offset }.validate()?;
-    for (field, value) in [("actor", &params.actor), ("entity_type", &params.entity_type), ("entity_id", &params.entity_id)] {
+    let page = Page {
+        limit: params.limit,
+        offset: params.offset,
+    }
+    .validate()?;
+    for (field, value) in [
+        ("actor", &params.actor),
+        ("entity_type", &params.entity_type),
+        ("entity_id", &params.entity_id),
+    ] {
         if value.as_ref().is_some_and(|v| v.len() > 200) {
-            return Err(crate::ledger::tenants::Invalid::new(field, "must be at most 200 characters").into());
+            return Err(crate::ledger::tenants::Invalid::new(
+                field,
+                "must be at most 200 characters",
+            )
+            .into());
         }
     }
     let query = AuditQuery {

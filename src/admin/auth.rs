@@ -48,7 +48,9 @@ impl Caller {
     /// Others' tenants answer 404, so a tenant cannot learn which ids exist.
     pub fn may_see(&self, tenant: &str) -> Result<(), ApiError> {
         match self.scope() {
-            Some(own) if own != tenant => Err(ApiError::NotFound(format!("tenant '{tenant}' not found"))),
+            Some(own) if own != tenant => {
+                Err(ApiError::NotFound(format!("tenant '{tenant}' not found")))
+            }
             _ => Ok(()),
         }
     }
@@ -64,7 +66,9 @@ impl Caller {
         }
         if self.role() == Role::Tenant {
             // A tenant token without a tenant would otherwise see every tenant's data.
-            let own = self.scope().ok_or_else(|| ApiError::Forbidden("this tenant token has no tenant".to_owned()))?;
+            let own = self
+                .scope()
+                .ok_or_else(|| ApiError::Forbidden("this tenant token has no tenant".to_owned()))?;
             return Ok(Some(own.to_owned()));
         }
         Ok(asked.map(str::to_owned))

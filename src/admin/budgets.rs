@@ -21,7 +21,10 @@ const READERS: &[Role] = &[Role::Approver, Role::Finance, Role::Tenant];
 pub fn router() -> Router<AdminState> {
     Router::new()
         .route("/budgets", post(create_budget).get(list_budgets))
-        .route("/budgets/{id}", get(get_budget).patch(update_budget).delete(retire_budget))
+        .route(
+            "/budgets/{id}",
+            get(get_budget).patch(update_budget).delete(retire_budget),
+        )
 }
 
 /// Creates a budget. Every combination of scope, measure, period and amount is checked;
@@ -38,7 +41,10 @@ pub async fn create_budget(
     caller.require(&[])?;
     let Body(new) = new?;
     let def = new.validate()?;
-    Ok((StatusCode::CREATED, Json(state.ledger.create_budget(caller.actor(), &def).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(state.ledger.create_budget(caller.actor(), &def).await?),
+    ))
 }
 
 /// A budget the caller may see; others' answer 404 like unknown ones.
@@ -55,7 +61,11 @@ async fn visible_budget(state: &AdminState, caller: &Caller, id: &str) -> Result
 /// One budget, retired or not, with the overrides in force now.
 #[utoipa::path(get, path = "/v1/budgets/{id}", tag = "budgets",
     responses((status = 200, body = Budget), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn get_budget(State(state): State<AdminState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Budget>, ApiError> {
+pub async fn get_budget(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Budget>, ApiError> {
     caller.require(READERS)?;
     Ok(Json(visible_budget(&state, &caller, &id).await?))
 }
@@ -90,7 +100,11 @@ pub async fn list_budgets(
 ) -> Result<Json<List<Budget>>, ApiError> {
     caller.require(READERS)?;
     let Query(query) = query?;
-    let page = Page { limit: query.limit, offset: query.offset }.validate()?;
+    let page = Page {
+        limit: query.limit,
+        offset: query.offset,
+    }
+    .validate()?;
     let filter = BudgetFilter {
         tenant_id: caller.tenant_filter(query.tenant_id.as_deref())?,
         scope: query.scope,
@@ -117,14 +131,23 @@ pub async fn update_budget(
     // What is checked against here (scope, measure) never changes, so a stale read is safe.
     let budget = state.ledger.budget(&id).await?;
     let def = update.apply_to(&budget)?;
-    Ok(Json(state.ledger.update_budget(caller.actor(), &id, &def).await?))
+    Ok(Json(
+        state
+            .ledger
+            .update_budget(caller.actor(), &id, &def)
+            .await?,
+    ))
 }
 
 /// Retires a budget: it stops counting from now on, and stays on record. Twice is a conflict.
 #[utoipa::path(delete, path = "/v1/budgets/{id}", tag = "budgets",
     responses((status = 200, body = Budget), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn retire_budget(State(state): State<AdminState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Budget>, ApiError> {
+pub async fn retire_budget(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Budget>, ApiError> {
     caller.require(&[])?;
     Ok(Json(state.ledger.retire_budget(caller.actor(), &id).await?))
 }

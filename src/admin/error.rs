@@ -84,11 +84,20 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(status, message) => (status, "bad_request", message, None),
             ApiError::Internal(cause) => {
                 tracing::error!(%cause, "admin API internal error");
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error".to_owned(), None)
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error".to_owned(),
+                    None,
+                )
             }
         };
         let body = ErrorBody {
-            error: ErrorDetail { code, message, field },
+            error: ErrorDetail {
+                code,
+                message,
+                field,
+            },
         };
         (status, Json(body)).into_response()
     }

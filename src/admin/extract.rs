@@ -44,7 +44,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
         })?;
         // Syntax first, so broken JSON is a 400 and only well-formed bodies get field errors.
         if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
-            return Err(ApiError::BadRequest(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")));
+            return Err(ApiError::BadRequest(
+                StatusCode::BAD_REQUEST,
+                format!("malformed JSON: {e}"),
+            ));
         }
         let de = &mut serde_json::Deserializer::from_slice(&bytes);
         serde_path_to_error::deserialize(de).map(Body).map_err(|e| {
@@ -64,11 +67,17 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
         let query = parts.uri.query().unwrap_or_default();
         let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
-        serde_path_to_error::deserialize(de).map(Query).map_err(|e| {
-            let path = e.path().to_string();
-            let field = if path == "." { "query".to_owned() } else { path };
-            ApiError::Invalid(Invalid::new(field, e.into_inner().to_string()))
-        })
+        serde_path_to_error::deserialize(de)
+            .map(Query)
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let field = if path == "." {
+                    "query".to_owned()
+                } else {
+                    path
+                };
+                ApiError::Invalid(Invalid::new(field, e.into_inner().to_string()))
+            })
     }
 }
 

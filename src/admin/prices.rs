@@ -38,7 +38,10 @@ pub async fn create_price(
     caller.require(&[])?;
     let Body(new) = new?;
     let micros = new.validate()?;
-    Ok((StatusCode::CREATED, Json(state.ledger.add_price(caller.actor(), &new, micros).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(state.ledger.add_price(caller.actor(), &new, micros).await?),
+    ))
 }
 
 /// Filters and pagination for the price list.
@@ -67,7 +70,11 @@ pub async fn list_prices(
 ) -> Result<Json<List<Price>>, ApiError> {
     caller.require(READERS)?;
     let Query(query) = query?;
-    let page = Page { limit: query.limit, offset: query.offset }.validate()?;
+    let page = Page {
+        limit: query.limit,
+        offset: query.offset,
+    }
+    .validate()?;
     if let Some(model) = &query.model {
         validate_model("model", model)?;
     }
@@ -115,7 +122,11 @@ pub async fn lookup_price(
     validate_currency("currency", &query.currency)?;
     let at = query.at.unwrap_or_else(|| state.ledger.now_ms());
     validate_time("at", at)?;
-    match state.ledger.price_at(&query.model, &query.token_type, &query.currency, at).await? {
+    match state
+        .ledger
+        .price_at(&query.model, &query.token_type, &query.currency, at)
+        .await?
+    {
         Some(price) => Ok(Json(price)),
         None => Err(ApiError::NotFound(format!(
             "no price of {} {} tokens in {} is in force at {at}",

@@ -141,14 +141,19 @@ pub async fn spend_report(
     let tenant_id = caller.tenant_filter(params.tenant_id.as_deref())?;
     let timezone_name = params.timezone.clone().unwrap_or_else(|| "UTC".to_owned());
     validate_timezone("timezone", &timezone_name)?;
-    let timezone = TimeZone::get(&timezone_name).map_err(|_| Invalid::new("timezone", "is not an IANA timezone"))?;
+    let timezone = TimeZone::get(&timezone_name)
+        .map_err(|_| Invalid::new("timezone", "is not an IANA timezone"))?;
     let from = parse_instant("from", params.from.as_deref(), &timezone)?;
     let to = parse_instant("to", params.to.as_deref(), &timezone)?;
     if to <= from {
         return Err(Invalid::new("to", "must be after from").into());
     }
     if to - from > MAX_RANGE_DAYS * 86_400_000 {
-        return Err(Invalid::new("to", format!("the range may span at most {MAX_RANGE_DAYS} days")).into());
+        return Err(Invalid::new(
+            "to",
+            format!("the range may span at most {MAX_RANGE_DAYS} days"),
+        )
+        .into());
     }
     let (dimensions, granularity) = parse_group_by(params.group_by.as_deref())?;
     if let Some(model) = &params.model {
@@ -165,10 +170,18 @@ pub async fn spend_report(
         ),
         Format::Csv => {
             if params.limit.is_some() {
-                return Err(Invalid::new("limit", "a CSV report holds every row; limit and offset are for JSON").into());
+                return Err(Invalid::new(
+                    "limit",
+                    "a CSV report holds every row; limit and offset are for JSON",
+                )
+                .into());
             }
             if params.offset.is_some() {
-                return Err(Invalid::new("offset", "a CSV report holds every row; limit and offset are for JSON").into());
+                return Err(Invalid::new(
+                    "offset",
+                    "a CSV report holds every row; limit and offset are for JSON",
+                )
+                .into());
             }
             None
         }
@@ -191,28 +204,49 @@ pub async fn spend_report(
 
 /// Parses `from`/`to`: an ISO date is midnight in `timezone`; a timestamp needs an offset.
 fn parse_instant(field: &str, text: Option<&str>, timezone: &TimeZone) -> Result<i64, Invalid> {
-    let text = text.ok_or_else(|| Invalid::new(field, "is required (an ISO date like 2026-11-01 or an RFC 3339 timestamp)"))?;
+    let text = text.ok_or_else(|| {
+        Invalid::new(
+            field,
+            "is required (an ISO date like 2026-11-01 or an RFC 3339 timestamp)",
+        )
+    })?;
     // Only a bare date is a date: jiff would also read a datetime without offset as one.
-    let date = (text.len() == 10).then(|| text.parse::<Date>().ok()).flatten();
+    let date = (text.len() == 10)
+        .then(|| text.parse::<Date>().ok())
+        .flatten();
     let ms = if let Some(date) = date {
         date.to_zoned(timezone.clone())
             .and_then(|z| z.start_of_day())
             .map(|z| z.timestamp().as_millisecond())
-            .map_err(|e| Invalid::new(field, format!("'{text}' has no midnight in the timezone: {e}")))?
+            .map_err(|e| {
+                Invalid::new(
+                    field,
+                    format!("'{text}' has no midnight in the timezone: {e}"),
+                )
+            })?
     } else {
         match text.parse::<Timestamp>() {
             Ok(at) => at.as_millisecond(),
             Err(_) => {
-                let hint = if text.contains(' ') { " (write '+' in an offset as %2B)" } else { "" };
+                let hint = if text.contains(' ') {
+                    " (write '+' in an offset as %2B)"
+                } else {
+                    ""
+                };
                 return Err(Invalid::new(
                     field,
-                    format!("'{text}' is not an ISO date (2026-11-01) or an RFC 3339 timestamp (2026-11-01T00:00:00Z){hint}"),
+                    format!(
+                        "'{text}' is not an ISO date (2026-11-01) or an RFC 3339 timestamp (2026-11-01T00:00:00Z){hint}"
+                    ),
                 ));
             }
         }
     };
     if !(0..=MAX_TIME_MS).contains(&ms) {
-        return Err(Invalid::new(field, "must be between 1970-01-01 and 9999-12-31"));
+        return Err(Invalid::new(
+            field,
+            "must be between 1970-01-01 and 9999-12-31",
+        ));
     }
     Ok(ms)
 }
@@ -220,10 +254,15 @@ fn parse_instant(field: &str, text: Option<&str>, timezone: &TimeZone) -> Result
 /// Parses `group_by`: distinct dimensions and at most one granularity.
 fn parse_group_by(text: Option<&str>) -> Result<(Vec<Dimension>, Option<Granularity>), Invalid> {
     let field = "group_by";
-    let Some(text) = text else { return Ok((Vec::new(), None)) };
+    let Some(text) = text else {
+        return Ok((Vec::new(), None));
+    };
     let items: Vec<&str> = text.split(',').collect();
     if items.len() > MAX_DIMENSIONS {
-        return Err(Invalid::new(field, format!("at most {MAX_DIMENSIONS} dimensions")));
+        return Err(Invalid::new(
+            field,
+            format!("at most {MAX_DIMENSIONS} dimensions"),
+        ));
     }
     let mut dimensions = Vec::new();
     let mut granularity = None;
@@ -239,7 +278,9 @@ fn parse_group_by(text: Option<&str>) -> Result<(Vec<Dimension>, Option<Granular
         let Some(dimension) = Dimension::ALL.into_iter().find(|d| d.as_str() == item) else {
             return Err(Invalid::new(
                 field,
-                format!("unknown dimension '{item}'; use tenant, cost_centre, model, token_type, session, day, week or month"),
+                format!(
+                    "unknown dimension '{item}'; use tenant, cost_centre, model, token_type, session, day, week or month"
+                ),
             ));
         };
         if dimensions.contains(&dimension) {
@@ -259,23 +300,45 @@ fn spend_columns(report: &SpendReport) -> Vec<&'static str> {
 }
 
 fn rfc3339(ms: i64) -> String {
-    Timestamp::from_millisecond(ms).map(|t| t.to_string()).unwrap_or_default()
+    Timestamp::from_millisecond(ms)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
 }
 
-fn spend_json(report: &SpendReport, from: i64, to: i64, timezone: String, page: Page) -> SpendReportBody {
+fn spend_json(
+    report: &SpendReport,
+    from: i64,
+    to: i64,
+    timezone: String,
+    page: Page,
+) -> SpendReportBody {
     let columns = spend_columns(report);
     let mut items = Vec::new();
-    for row in report.rows.iter().skip(page.offset as usize).take(page.limit as usize) {
+    for row in report
+        .rows
+        .iter()
+        .skip(page.offset as usize)
+        .take(page.limit as usize)
+    {
         let mut item = Map::new();
         if let (Some(granularity), Some(period)) = (report.granularity, row.period) {
-            item.insert(granularity.as_str().to_owned(), Value::String(period.to_string()));
+            item.insert(
+                granularity.as_str().to_owned(),
+                Value::String(period.to_string()),
+            );
         }
         for (dimension, key) in report.dimensions.iter().zip(&row.keys) {
-            item.insert(dimension.as_str().to_owned(), key.clone().map_or(Value::Null, Value::String));
+            item.insert(
+                dimension.as_str().to_owned(),
+                key.clone().map_or(Value::Null, Value::String),
+            );
         }
         item.insert("currency".to_owned(), Value::String(row.currency.clone()));
         item.insert("tokens".to_owned(), Value::from(row.tokens));
-        item.insert("spend".to_owned(), Value::String(format_micros(row.cost_micros)));
+        item.insert(
+            "spend".to_owned(),
+            Value::String(format_micros(row.cost_micros)),
+        );
         items.push(item);
     }
     let shown_to = page.offset.saturating_add(page.limit);
@@ -283,7 +346,10 @@ fn spend_json(report: &SpendReport, from: i64, to: i64, timezone: String, page: 
         from: rfc3339(from),
         to: rfc3339(to),
         timezone,
-        group_by: columns[..columns.len() - 3].iter().map(|c| (*c).to_owned()).collect(),
+        group_by: columns[..columns.len() - 3]
+            .iter()
+            .map(|c| (*c).to_owned())
+            .collect(),
         columns: columns.iter().map(|c| (*c).to_owned()).collect(),
         items,
         totals: report
@@ -305,13 +371,18 @@ fn spend_csv(report: &SpendReport) -> Result<Vec<u8>, ApiError> {
     out.write_record(spend_columns(report)).map_err(csv_error)?;
     for row in &report.rows {
         let mut record: Vec<String> = row.period.iter().map(|d| d.to_string()).collect();
-        record.extend(row.keys.iter().map(|k| k.as_deref().map(neutralize).unwrap_or_default()));
+        record.extend(
+            row.keys
+                .iter()
+                .map(|k| k.as_deref().map(neutralize).unwrap_or_default()),
+        );
         record.push(row.currency.clone());
         record.push(row.tokens.to_string());
         record.push(format_micros(row.cost_micros));
         out.write_record(&record).map_err(csv_error)?;
     }
-    out.into_inner().map_err(|e| ApiError::Internal(format!("cannot write CSV: {e}")))
+    out.into_inner()
+        .map_err(|e| ApiError::Internal(format!("cannot write CSV: {e}")))
 }
 
 /// Text a spreadsheet would run as a formula (session ids and token types come from the
@@ -327,7 +398,9 @@ fn neutralize(text: &str) -> String {
 
 /// RFC 4180: CRLF line ends, fields quoted only when they need it.
 fn csv_writer() -> csv::Writer<Vec<u8>> {
-    csv::WriterBuilder::new().terminator(csv::Terminator::CRLF).from_writer(Vec::new())
+    csv::WriterBuilder::new()
+        .terminator(csv::Terminator::CRLF)
+        .from_writer(Vec::new())
 }
 
 fn csv_error(error: csv::Error) -> ApiError {
@@ -339,7 +412,10 @@ fn csv_response(filename: &str, body: Vec<u8>) -> Response {
         StatusCode::OK,
         [
             (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
-            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{filename}\"")),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{filename}\""),
+            ),
         ],
         body,
     )
@@ -398,8 +474,16 @@ pub async fn budget_report(
     let tenant_id = caller.tenant_filter(params.tenant_id.as_deref())?;
     let format = params.format.unwrap_or_default();
     if format == Format::Csv && (params.limit.is_some() || params.offset.is_some()) {
-        let field = if params.limit.is_some() { "limit" } else { "offset" };
-        return Err(Invalid::new(field, "a CSV report holds every row; limit and offset are for JSON").into());
+        let field = if params.limit.is_some() {
+            "limit"
+        } else {
+            "offset"
+        };
+        return Err(Invalid::new(
+            field,
+            "a CSV report holds every row; limit and offset are for JSON",
+        )
+        .into());
     }
     let page = Page {
         limit: params.limit.unwrap_or_else(default_limit),
@@ -410,7 +494,11 @@ pub async fn budget_report(
     if format == Format::Csv {
         return Ok(csv_response("budgets.csv", budget_csv(&statuses)?));
     }
-    let items: Vec<BudgetStatus> = statuses.into_iter().skip(page.offset as usize).take(page.limit as usize + 1).collect();
+    let items: Vec<BudgetStatus> = statuses
+        .into_iter()
+        .skip(page.offset as usize)
+        .take(page.limit as usize + 1)
+        .collect();
     Ok(Json(List::page(items, page)).into_response())
 }
 
@@ -437,7 +525,8 @@ fn budget_csv(statuses: &[BudgetStatus]) -> Result<Vec<u8>, ApiError> {
         ];
         out.write_record(&record).map_err(csv_error)?;
     }
-    out.into_inner().map_err(|e| ApiError::Internal(format!("cannot write CSV: {e}")))
+    out.into_inner()
+        .map_err(|e| ApiError::Internal(format!("cannot write CSV: {e}")))
 }
 
 /// A budget enum's name as the JSON shows it, for CSV.
@@ -462,7 +551,15 @@ pub async fn create_adjustment(
     caller.require(&[])?;
     let Body(new) = new?;
     let micros = new.validate()?;
-    Ok((StatusCode::CREATED, Json(state.ledger.record_adjustment(caller.actor(), &new, micros).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(
+            state
+                .ledger
+                .record_adjustment(caller.actor(), &new, micros)
+                .await?,
+        ),
+    ))
 }
 
 #[cfg(test)]
@@ -474,8 +571,19 @@ mod tests {
         let (dims, g) = parse_group_by(Some("model,tenant,week")).unwrap();
         assert_eq!(dims, vec![Dimension::Model, Dimension::Tenant]);
         assert_eq!(g, Some(Granularity::Week));
-        for bad in ["", "tenant,", "planet", "tenant,tenant", "day,month", "tenant,cost_centre,model,token_type,session,day,week"] {
-            assert_eq!(parse_group_by(Some(bad)).unwrap_err().field, "group_by", "{bad}");
+        for bad in [
+            "",
+            "tenant,",
+            "planet",
+            "tenant,tenant",
+            "day,month",
+            "tenant,cost_centre,model,token_type,session,day,week",
+        ] {
+            assert_eq!(
+                parse_group_by(Some(bad)).unwrap_err().field,
+                "group_by",
+                "{bad}"
+            );
         }
     }
 
@@ -483,13 +591,37 @@ mod tests {
     fn dates_are_local_midnights_and_timestamps_need_an_offset() {
         let berlin = TimeZone::get("Europe/Berlin").unwrap();
         let utc = TimeZone::UTC;
-        assert_eq!(parse_instant("from", Some("2026-11-01"), &utc), Ok(1_793_491_200_000));
-        assert_eq!(parse_instant("from", Some("2026-11-01"), &berlin), Ok(1_793_491_200_000 - 3_600_000));
-        assert_eq!(parse_instant("to", Some("2026-11-01T01:00:00+01:00"), &utc), Ok(1_793_491_200_000));
-        for bad in [None, Some("2026-11-31"), Some("2026-11-01T00:00:00"), Some("yesterday"), Some("1700-01-01")] {
-            assert_eq!(parse_instant("to", bad, &utc).unwrap_err().field, "to", "{bad:?}");
+        assert_eq!(
+            parse_instant("from", Some("2026-11-01"), &utc),
+            Ok(1_793_491_200_000)
+        );
+        assert_eq!(
+            parse_instant("from", Some("2026-11-01"), &berlin),
+            Ok(1_793_491_200_000 - 3_600_000)
+        );
+        assert_eq!(
+            parse_instant("to", Some("2026-11-01T01:00:00+01:00"), &utc),
+            Ok(1_793_491_200_000)
+        );
+        for bad in [
+            None,
+            Some("2026-11-31"),
+            Some("2026-11-01T00:00:00"),
+            Some("yesterday"),
+            Some("1700-01-01"),
+        ] {
+            assert_eq!(
+                parse_instant("to", bad, &utc).unwrap_err().field,
+                "to",
+                "{bad:?}"
+            );
         }
-        assert!(parse_instant("to", Some("2026-11-01T01:00:00 01:00"), &utc).unwrap_err().message.contains("%2B"));
+        assert!(
+            parse_instant("to", Some("2026-11-01T01:00:00 01:00"), &utc)
+                .unwrap_err()
+                .message
+                .contains("%2B")
+        );
     }
 
     #[test]

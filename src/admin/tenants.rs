@@ -10,7 +10,9 @@ use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{Body, Page, Query, default_limit};
 use super::{AdminState, List};
-use crate::ledger::tenants::{NewTenant, Tenant, TenantFilter, TenantStatus, TenantUpdate, validate_text};
+use crate::ledger::tenants::{
+    NewTenant, Tenant, TenantFilter, TenantStatus, TenantUpdate, validate_text,
+};
 use crate::ledger::tokens::Role;
 
 /// The tenant routes.
@@ -41,7 +43,11 @@ pub async fn create_tenant(
 /// One tenant.
 #[utoipa::path(get, path = "/v1/tenants/{id}", tag = "tenants",
     responses((status = 200, body = Tenant), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn get_tenant(State(state): State<AdminState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Tenant>, ApiError> {
+pub async fn get_tenant(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Tenant>, ApiError> {
     caller.require(&[Role::Approver, Role::Finance, Role::Tenant])?;
     caller.may_see(&id)?;
     Ok(Json(state.ledger.tenant(&id).await?))
@@ -74,7 +80,11 @@ pub async fn list_tenants(
 ) -> Result<Json<List<Tenant>>, ApiError> {
     caller.require(&[Role::Approver, Role::Finance, Role::Tenant])?;
     let Query(query) = query?;
-    let page = Page { limit: query.limit, offset: query.offset }.validate()?;
+    let page = Page {
+        limit: query.limit,
+        offset: query.offset,
+    }
+    .validate()?;
     if let Some(cc) = &query.cost_centre {
         validate_text("cost_centre", cc, 100)?;
     }
@@ -101,17 +111,31 @@ pub async fn update_tenant(
     caller.require(&[])?;
     let Body(update) = update?;
     update.validate()?;
-    Ok(Json(state.ledger.update_tenant(caller.actor(), &id, &update).await?))
+    Ok(Json(
+        state
+            .ledger
+            .update_tenant(caller.actor(), &id, &update)
+            .await?,
+    ))
 }
 
 /// Suspends an active tenant: its requests are denied from the next decision on.
 #[utoipa::path(post, path = "/v1/tenants/{id}/suspend", tag = "tenants",
     responses((status = 200, body = Tenant), (status = 409, body = ErrorBody)), security(("bearer" = [])))]
-pub async fn suspend_tenant(State(state): State<AdminState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Tenant>, ApiError> {
+pub async fn suspend_tenant(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Tenant>, ApiError> {
     caller.require(&[])?;
     let tenant = state
         .ledger
-        .set_tenant_status(caller.actor(), &id, &[TenantStatus::Active], TenantStatus::Suspended)
+        .set_tenant_status(
+            caller.actor(),
+            &id,
+            &[TenantStatus::Active],
+            TenantStatus::Suspended,
+        )
         .await?;
     Ok(Json(tenant))
 }
@@ -127,7 +151,12 @@ pub async fn reactivate_tenant(
     caller.require(&[])?;
     let tenant = state
         .ledger
-        .set_tenant_status(caller.actor(), &id, &[TenantStatus::Suspended], TenantStatus::Active)
+        .set_tenant_status(
+            caller.actor(),
+            &id,
+            &[TenantStatus::Suspended],
+            TenantStatus::Active,
+        )
         .await?;
     Ok(Json(tenant))
 }

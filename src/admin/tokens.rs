@@ -34,7 +34,15 @@ pub async fn create_token(
     if let Some(tenant) = &new.tenant_id {
         state.ledger.tenant(tenant).await?;
     }
-    Ok((StatusCode::CREATED, Json(state.ledger.create_token(caller.actor(), &new, None).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(
+            state
+                .ledger
+                .create_token(caller.actor(), &new, None)
+                .await?,
+        ),
+    ))
 }
 
 /// Pagination for the token list.
@@ -60,15 +68,26 @@ pub async fn list_tokens(
 ) -> Result<Json<List<ApiToken>>, ApiError> {
     caller.require(&[])?;
     let Query(query) = query?;
-    let page = Page { limit: query.limit, offset: query.offset }.validate()?;
-    Ok(Json(List::page(state.ledger.tokens(page.limit + 1, page.offset).await?, page)))
+    let page = Page {
+        limit: query.limit,
+        offset: query.offset,
+    }
+    .validate()?;
+    Ok(Json(List::page(
+        state.ledger.tokens(page.limit + 1, page.offset).await?,
+        page,
+    )))
 }
 
 /// Revokes a token: it stops working at once.
 #[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens",
     responses((status = 200, body = ApiToken), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn revoke_token(State(state): State<AdminState>, caller: Caller, Path(id): Path<String>) -> Result<Json<ApiToken>, ApiError> {
+pub async fn revoke_token(
+    State(state): State<AdminState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<ApiToken>, ApiError> {
     caller.require(&[])?;
     Ok(Json(state.ledger.revoke_token(caller.actor(), &id).await?))
 }

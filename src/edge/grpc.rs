@@ -13,7 +13,9 @@ use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimit
 use envoy_types::pb::google::protobuf::{self as pbuf, value::Kind};
 use tonic::{Request as GrpcRequest, Response, Status as GrpcStatus};
 
-use crate::limiter::{Code, DecideError, Decision, Descriptor, LimitOverride, Limiter, Request, Status};
+use crate::limiter::{
+    Code, DecideError, Decision, Descriptor, LimitOverride, Limiter, Request, Status,
+};
 use crate::rules::Unit;
 use crate::telemetry::Metrics;
 
@@ -40,7 +42,10 @@ impl RateLimitService for RateLimitGrpc {
         self.metrics.service.total_requests.increment(1);
         let wire = request.into_inner();
         let outcome = self.limiter.decide(&request_from_wire(&wire)).await;
-        self.metrics.service.response_time.record(started.elapsed().as_secs_f64());
+        self.metrics
+            .service
+            .response_time
+            .record(started.elapsed().as_secs_f64());
         match outcome {
             Ok(decision) => Ok(Response::new(response_to_wire(decision))),
             Err(error) => Err(status_of(&error, &self.metrics)),
@@ -71,7 +76,11 @@ pub fn request_from_wire(wire: &RateLimitRequest) -> Request<'_> {
 
 fn descriptor_from_wire(wire: &RateLimitDescriptor) -> Descriptor<'_> {
     Descriptor {
-        entries: wire.entries.iter().map(|e| (e.key.as_str(), e.value.as_str())).collect(),
+        entries: wire
+            .entries
+            .iter()
+            .map(|e| (e.key.as_str(), e.value.as_str()))
+            .collect(),
         limit: wire.limit.as_ref().map(|l| LimitOverride {
             requests_per_unit: l.requests_per_unit,
             unit: unit_from_wire(l.unit),
@@ -129,7 +138,10 @@ pub fn response_to_wire(decision: Decision) -> RateLimitResponse {
             })
             .collect(),
         dynamic_metadata: decision.dynamic_metadata.map(struct_from_json),
-        raw_body: decision.raw_body.map(String::into_bytes).unwrap_or_default(),
+        raw_body: decision
+            .raw_body
+            .map(String::into_bytes)
+            .unwrap_or_default(),
         ..RateLimitResponse::default()
     }
 }
@@ -153,7 +165,10 @@ fn status_to_wire(status: Status) -> DescriptorStatus {
 
 fn struct_from_json(map: serde_json::Map<String, serde_json::Value>) -> pbuf::Struct {
     pbuf::Struct {
-        fields: map.into_iter().map(|(k, v)| (k, value_from_json(v))).collect(),
+        fields: map
+            .into_iter()
+            .map(|(k, v)| (k, value_from_json(v)))
+            .collect(),
     }
 }
 

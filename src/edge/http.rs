@@ -29,7 +29,10 @@ pub struct HttpState {
 pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/healthcheck", get(get_healthcheck))
-        .route("/json", post(post_json).layer(DefaultBodyLimit::max(MAX_JSON_BODY)))
+        .route(
+            "/json",
+            post(post_json).layer(DefaultBodyLimit::max(MAX_JSON_BODY)),
+        )
         .route("/rlconfig", get(get_rlconfig))
         .route("/metrics", get(get_metrics))
         .with_state(state)
@@ -47,7 +50,8 @@ async fn get_healthcheck(State(state): State<HttpState>) -> Response {
 /// A `ShouldRateLimit` call in proto3 JSON: 200 OK, 429 over limit, 400 for bad input or a
 /// request the service rejects, 503 when the counter store is unavailable.
 async fn post_json(State(state): State<HttpState>, body: Bytes) -> Response {
-    let bad_request = |why: String| (StatusCode::BAD_REQUEST, format!("Bad Request: {why}\n")).into_response();
+    let bad_request =
+        |why: String| (StatusCode::BAD_REQUEST, format!("Bad Request: {why}\n")).into_response();
     let parsed: JsonRequest = match serde_json::from_slice(&body) {
         Ok(parsed) => parsed,
         Err(e) => return bad_request(format!("invalid RateLimitRequest JSON: {e}")),
@@ -64,9 +68,11 @@ async fn post_json(State(state): State<HttpState>, body: Bytes) -> Response {
             };
             (status, axum::Json(response_json(&decision))).into_response()
         }
-        Err(error @ DecideError::Store(_)) => {
-            (StatusCode::SERVICE_UNAVAILABLE, format!("Service Unavailable: {error}\n")).into_response()
-        }
+        Err(error @ DecideError::Store(_)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("Service Unavailable: {error}\n"),
+        )
+            .into_response(),
         Err(error) => {
             state.metrics.service.service_error.increment(1);
             bad_request(error.to_string())

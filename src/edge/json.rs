@@ -89,14 +89,19 @@ impl JsonRequest {
                         unit: match &o.unit {
                             None => None,
                             Some(JsonUnit::Number(n)) => crate::edge::grpc::unit_from_wire(*n),
-                            Some(JsonUnit::Name(name)) => Some(name.parse::<Unit>().map_err(|e| {
-                                format!("descriptors[{i}].limit.unit: {e}")
-                            })?),
+                            Some(JsonUnit::Name(name)) => Some(
+                                name.parse::<Unit>()
+                                    .map_err(|e| format!("descriptors[{i}].limit.unit: {e}"))?,
+                            ),
                         },
                     }),
                 };
                 Ok(Descriptor {
-                    entries: d.entries.iter().map(|e| (e.key.as_str(), e.value.as_str())).collect(),
+                    entries: d
+                        .entries
+                        .iter()
+                        .map(|e| (e.key.as_str(), e.value.as_str()))
+                        .collect(),
                     limit,
                     hits_addend,
                     is_negative_hits: d.is_negative_hits,
@@ -121,9 +126,15 @@ fn code_name(code: Code) -> &'static str {
 /// The decision as a proto3-JSON `RateLimitResponse`.
 pub fn response_json(decision: &Decision) -> Value {
     let mut out = Map::new();
-    out.insert("overallCode".into(), json!(code_name(decision.overall_code)));
+    out.insert(
+        "overallCode".into(),
+        json!(code_name(decision.overall_code)),
+    );
     if !decision.statuses.is_empty() {
-        out.insert("statuses".into(), decision.statuses.iter().map(status_json).collect());
+        out.insert(
+            "statuses".into(),
+            decision.statuses.iter().map(status_json).collect(),
+        );
     }
     if !decision.response_headers.is_empty() {
         let headers = decision
@@ -148,7 +159,10 @@ fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, &b)| n | (u32::from(b) << (16 - 8 * i)));
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | (u32::from(b) << (16 - 8 * i)));
         for i in 0..4 {
             if i <= chunk.len() {
                 out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
@@ -219,7 +233,15 @@ mod tests {
 
     #[test]
     fn base64_matches_rfc_4648_test_vectors() {
-        let vectors = [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE="), ("foobar", "Zm9vYmFy")];
+        let vectors = [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ];
         for (plain, encoded) in vectors {
             assert_eq!(base64(plain.as_bytes()), encoded);
         }

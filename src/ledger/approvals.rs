@@ -77,8 +77,11 @@ impl ApprovalStatus {
     }
 
     fn parse(s: &str) -> Result<ApprovalStatus, LedgerError> {
-        ApprovalStatus::deserialize(serde_json::Value::String(s.to_owned()))
-            .map_err(|_| LedgerError::Database(sqlx::Error::Decode(format!("unexpected approval status '{s}'").into())))
+        ApprovalStatus::deserialize(serde_json::Value::String(s.to_owned())).map_err(|_| {
+            LedgerError::Database(sqlx::Error::Decode(
+                format!("unexpected approval status '{s}'").into(),
+            ))
+        })
     }
 }
 
@@ -162,8 +165,18 @@ impl NewApproval {
         ];
         for (field, present, needed) in presence {
             match (present, needed) {
-                (false, true) => return Err(Invalid::new(field, format!("is required for a {kind} request"))),
-                (true, false) => return Err(Invalid::new(field, format!("is not part of a {kind} request"))),
+                (false, true) => {
+                    return Err(Invalid::new(
+                        field,
+                        format!("is required for a {kind} request"),
+                    ));
+                }
+                (true, false) => {
+                    return Err(Invalid::new(
+                        field,
+                        format!("is not part of a {kind} request"),
+                    ));
+                }
                 _ => {}
             }
         }
@@ -214,16 +227,18 @@ pub enum Decision {
     Reject,
 }
 
-const APPROVAL_COLUMNS: &str =
-    "id, kind, tenant_id, payload, reason, requested_by, status, decided_by, note, created_at, expires_at, decided_at";
+const APPROVAL_COLUMNS: &str = "id, kind, tenant_id, payload, reason, requested_by, status, decided_by, note, created_at, expires_at, decided_at";
 
 fn approval_from_row(row: &AnyRow) -> Result<Approval, LedgerError> {
     let kind: String = row.try_get("kind")?;
     let payload: String = row.try_get("payload")?;
     Ok(Approval {
         id: row.try_get("id")?,
-        kind: ApprovalKind::deserialize(serde_json::Value::String(kind.clone()))
-            .map_err(|_| LedgerError::Database(sqlx::Error::Decode(format!("unexpected approval kind '{kind}'").into())))?,
+        kind: ApprovalKind::deserialize(serde_json::Value::String(kind.clone())).map_err(|_| {
+            LedgerError::Database(sqlx::Error::Decode(
+                format!("unexpected approval kind '{kind}'").into(),
+            ))
+        })?,
         tenant_id: row.try_get("tenant_id")?,
         payload: serde_json::from_str(&payload).unwrap_or_default(),
         reason: row.try_get("reason")?,
@@ -248,7 +263,11 @@ impl Ledger {
     /// Files a pending request. The tenant must exist; a tenant activation needs a pending
     /// tenant, model access a model not yet granted, and neither may duplicate a pending
     /// request for the same effect.
-    pub async fn file_approval(&self, actor: &str, filing: &ApprovalFiling) -> Result<Approval, LedgerError> {
+    pub async fn file_approval(
+        &self,
+        actor: &str,
+        filing: &ApprovalFiling,
+    ) -> Result<Approval, LedgerError> {
         let now = self.now_ms();
         let id = new_id();
         let mut tx = self.begin().await?;
@@ -265,14 +284,19 @@ impl Ledger {
                 ApprovalKind::ModelAccess => {
                     let model = filing.payload.model.as_deref().unwrap_or_default();
                     if tenant.models.iter().any(|m| m == model) {
-                        return Err(LedgerError::Conflict(format!("tenant '{tenant_id}' already has access to '{model}'")));
+                        return Err(LedgerError::Conflict(format!(
+                            "tenant '{tenant_id}' already has access to '{model}'"
+                        )));
                     }
                 }
                 _ => {}
             }
         }
         let payload = serde_json::to_string(&filing.payload).expect("a payload serializes");
-        if matches!(filing.kind, ApprovalKind::TenantActivation | ApprovalKind::ModelAccess) {
+        if matches!(
+            filing.kind,
+            ApprovalKind::TenantActivation | ApprovalKind::ModelAccess
+        ) {
             let duplicate: Option<String> = sqlx::query_scalar(
                 "SELECT id FROM approvals WHERE status = 'pending' AND kind = $1 AND tenant_id = $2 AND payload = $3",
             )
@@ -282,7 +306,9 @@ impl Ledger {
             .fetch_optional(&mut *tx)
             .await?;
             if let Some(other) = duplicate {
-                return Err(LedgerError::Conflict(format!("the same request is already pending as '{other}'")));
+                return Err(LedgerError::Conflict(format!(
+                    "the same request is already pending as '{other}'"
+                )));
             }
         }
         sqlx::query(
@@ -300,7 +326,16 @@ impl Ledger {
         .execute(&mut *tx)
         .await?;
         let approval = approval_in(&mut tx, &id).await?;
-        audit::record(&mut tx, now, actor, "approval.file", ("approval", &id), None::<&Approval>, Some(&approval)).await?;
+        audit::record(
+            &mut tx,
+            now,
+            actor,
+            "approval.file",
+            ("approval", &id),
+            None::<&Approval>,
+            Some(&approval),
+        )
+        .await?;
         // A pending request changes no decision; no need to wake the replicas.
         tx.commit().await?;
         Ok(approval)
@@ -332,7 +367,10 @@ impl Ledger {
         .bind(filter.offset)
         .fetch_all(&mut *tx)
         .await?;
-        let approvals = rows.iter().map(approval_from_row).collect::<Result<Vec<_>, _>>()?;
+        let approvals = rows
+            .iter()
+            .map(approval_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
         tx.commit().await?;
         Ok(approvals)
     }
@@ -354,7 +392,9 @@ impl Ledger {
         };
         let (mut tx, before, now) = self.open_pending(id).await?;
         if actor == before.requested_by {
-            return Err(LedgerError::Conflict(format!("approval '{id}' cannot be decided by its requester")));
+            return Err(LedgerError::Conflict(format!(
+                "approval '{id}' cannot be decided by its requester"
+            )));
         }
         // The status changes first, conditionally: of two deciders racing, the second
         // matches no row and fails, and its whole transaction rolls back.
@@ -363,7 +403,16 @@ impl Ledger {
             apply_in(&mut tx, now, actor, &before).await?;
         }
         let after = approval_in(&mut tx, id).await?;
-        audit::record(&mut tx, now, actor, action, ("approval", id), Some(&before), Some(&after)).await?;
+        audit::record(
+            &mut tx,
+            now,
+            actor,
+            action,
+            ("approval", id),
+            Some(&before),
+            Some(&after),
+        )
+        .await?;
         if decision == Decision::Approve {
             self.commit_change(tx).await?;
         } else {
@@ -373,18 +422,35 @@ impl Ledger {
     }
 
     /// Cancels a pending request (the caller checks that `actor` is the requester or an admin).
-    pub async fn cancel_approval(&self, actor: &str, id: &str, note: Option<&str>) -> Result<Approval, LedgerError> {
+    pub async fn cancel_approval(
+        &self,
+        actor: &str,
+        id: &str,
+        note: Option<&str>,
+    ) -> Result<Approval, LedgerError> {
         let (mut tx, before, now) = self.open_pending(id).await?;
         set_request_status_in(&mut tx, now, actor, id, ApprovalStatus::Cancelled, note).await?;
         let after = approval_in(&mut tx, id).await?;
-        audit::record(&mut tx, now, actor, "approval.cancel", ("approval", id), Some(&before), Some(&after)).await?;
+        audit::record(
+            &mut tx,
+            now,
+            actor,
+            "approval.cancel",
+            ("approval", id),
+            Some(&before),
+            Some(&after),
+        )
+        .await?;
         tx.commit().await?;
         Ok(after)
     }
 
     /// A transaction holding a still pending request, and the time. An overdue request is
     /// marked expired and that committed, then refused; other states are refused as they are.
-    async fn open_pending(&self, id: &str) -> Result<(Transaction<'static, Any>, Approval, i64), LedgerError> {
+    async fn open_pending(
+        &self,
+        id: &str,
+    ) -> Result<(Transaction<'static, Any>, Approval, i64), LedgerError> {
         let now = self.now_ms();
         let mut tx = self.begin().await?;
         let approval = approval_in(&mut tx, id).await?;
@@ -408,12 +474,17 @@ impl Ledger {
 }
 
 /// Reads a request inside a transaction.
-pub async fn approval_in(tx: &mut Transaction<'static, Any>, id: &str) -> Result<Approval, LedgerError> {
-    let row = sqlx::query(&format!("SELECT {APPROVAL_COLUMNS} FROM approvals WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(&mut **tx)
-        .await?
-        .ok_or_else(|| not_found(id))?;
+pub async fn approval_in(
+    tx: &mut Transaction<'static, Any>,
+    id: &str,
+) -> Result<Approval, LedgerError> {
+    let row = sqlx::query(&format!(
+        "SELECT {APPROVAL_COLUMNS} FROM approvals WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or_else(|| not_found(id))?;
     approval_from_row(&row)
 }
 
@@ -440,17 +511,32 @@ async fn set_request_status_in(
     if changed == 1 {
         Ok(())
     } else {
-        Err(LedgerError::Conflict(format!("approval '{id}' was decided meanwhile")))
+        Err(LedgerError::Conflict(format!(
+            "approval '{id}' was decided meanwhile"
+        )))
     }
 }
 
 /// Applies an approved request's effect, with the effect's own audit entries.
-async fn apply_in(tx: &mut Transaction<'static, Any>, now: i64, actor: &str, approval: &Approval) -> Result<(), LedgerError> {
+async fn apply_in(
+    tx: &mut Transaction<'static, Any>,
+    now: i64,
+    actor: &str,
+    approval: &Approval,
+) -> Result<(), LedgerError> {
     let tenant = approval.tenant_id.as_deref().unwrap_or_default();
     let budget = approval.payload.budget_id.as_deref().unwrap_or_default();
     match approval.kind {
         ApprovalKind::TenantActivation => {
-            super::tenants::set_status_in(tx, now, actor, tenant, &[TenantStatus::Pending], TenantStatus::Active).await?;
+            super::tenants::set_status_in(
+                tx,
+                now,
+                actor,
+                tenant,
+                &[TenantStatus::Pending],
+                TenantStatus::Active,
+            )
+            .await?;
         }
         ApprovalKind::ModelAccess => {
             let model = approval.payload.model.as_deref().unwrap_or_default();
@@ -471,7 +557,11 @@ async fn apply_in(tx: &mut Transaction<'static, Any>, now: i64, actor: &str, app
 
 /// A budget request's amount in its budget's storage units. It was stored in the budget's
 /// own form at filing, so it reads back with the budget's measure.
-async fn payload_units(tx: &mut Transaction<'static, Any>, now: i64, approval: &Approval) -> Result<i64, LedgerError> {
+async fn payload_units(
+    tx: &mut Transaction<'static, Any>,
+    now: i64,
+    approval: &Approval,
+) -> Result<i64, LedgerError> {
     let budget = approval.payload.budget_id.as_deref().unwrap_or_default();
     let measure = live_budget_in(tx, budget, now).await?.measure;
     approval
@@ -480,12 +570,21 @@ async fn payload_units(tx: &mut Transaction<'static, Any>, now: i64, approval: &
         .as_ref()
         .ok_or_else(|| LedgerError::Conflict(format!("approval '{}' has no amount", approval.id)))?
         .to_units(measure, "payload.amount")
-        .map_err(|e| LedgerError::Conflict(format!("approval '{}': {}: {}", approval.id, e.field, e.message)))
+        .map_err(|e| {
+            LedgerError::Conflict(format!(
+                "approval '{}': {}: {}",
+                approval.id, e.field, e.message
+            ))
+        })
 }
 
 /// Marks overdue pending requests expired (only `only`, when given), each with an audit
 /// entry by [`SYSTEM`]; how many.
-pub async fn expire_in(tx: &mut Transaction<'static, Any>, now: i64, only: Option<&str>) -> Result<usize, LedgerError> {
+pub async fn expire_in(
+    tx: &mut Transaction<'static, Any>,
+    now: i64,
+    only: Option<&str>,
+) -> Result<usize, LedgerError> {
     let ids: Vec<String> = sqlx::query_scalar(
         "SELECT id FROM approvals WHERE status = 'pending' AND expires_at <= $1 AND ($2 IS NULL OR id = $2) ORDER BY id",
     )
@@ -505,7 +604,16 @@ pub async fn expire_in(tx: &mut Transaction<'static, Any>, now: i64, only: Optio
         // Another reader may have expired it first: then it has its audit entry already.
         if changed == 1 {
             let after = approval_in(tx, id).await?;
-            audit::record(tx, now, SYSTEM, "approval.expire", ("approval", id), Some(&before), Some(&after)).await?;
+            audit::record(
+                tx,
+                now,
+                SYSTEM,
+                "approval.expire",
+                ("approval", id),
+                Some(&before),
+                Some(&after),
+            )
+            .await?;
             expired += 1;
         }
     }
@@ -525,19 +633,45 @@ mod tests {
 
     #[test]
     fn each_kind_takes_exactly_its_payload() {
-        assert_eq!(check(json!({"kind": "tenant_activation", "tenant_id": "acme", "reason": "go live"})), Ok(()));
-        assert_eq!(check(json!({"kind": "model_access", "reason": "r", "payload": {"model": "gpt-4o"}})), Ok(()));
         assert_eq!(
-            check(json!({"kind": "temporary_override", "reason": "r", "payload": {"budget_id": "b", "amount": "150.00", "expires_at": 2_000}})),
+            check(json!({"kind": "tenant_activation", "tenant_id": "acme", "reason": "go live"})),
+            Ok(())
+        );
+        assert_eq!(
+            check(json!({"kind": "model_access", "reason": "r", "payload": {"model": "gpt-4o"}})),
+            Ok(())
+        );
+        assert_eq!(
+            check(
+                json!({"kind": "temporary_override", "reason": "r", "payload": {"budget_id": "b", "amount": "150.00", "expires_at": 2_000}})
+            ),
             Ok(())
         );
         let bad = [
-            (json!({"kind": "model_access", "reason": "r"}), "payload.model"),
-            (json!({"kind": "tenant_activation", "reason": "r", "payload": {"model": "m"}}), "payload.model"),
-            (json!({"kind": "budget_increase", "reason": "r", "payload": {"budget_id": "b"}}), "payload.amount"),
-            (json!({"kind": "budget_increase", "reason": "r", "payload": {"budget_id": "b", "amount": 5, "expires_at": 2_000}}), "payload.expires_at"),
-            (json!({"kind": "temporary_override", "reason": "r", "payload": {"budget_id": "b", "amount": 5, "expires_at": 999}}), "payload.expires_at"),
-            (json!({"kind": "tenant_activation", "reason": " "}), "reason"),
+            (
+                json!({"kind": "model_access", "reason": "r"}),
+                "payload.model",
+            ),
+            (
+                json!({"kind": "tenant_activation", "reason": "r", "payload": {"model": "m"}}),
+                "payload.model",
+            ),
+            (
+                json!({"kind": "budget_increase", "reason": "r", "payload": {"budget_id": "b"}}),
+                "payload.amount",
+            ),
+            (
+                json!({"kind": "budget_increase", "reason": "r", "payload": {"budget_id": "b", "amount": 5, "expires_at": 2_000}}),
+                "payload.expires_at",
+            ),
+            (
+                json!({"kind": "temporary_override", "reason": "r", "payload": {"budget_id": "b", "amount": 5, "expires_at": 999}}),
+                "payload.expires_at",
+            ),
+            (
+                json!({"kind": "tenant_activation", "reason": " "}),
+                "reason",
+            ),
         ];
         for (body, field) in bad {
             assert_eq!(check(body.clone()), Err(field.to_owned()), "{body}");

@@ -87,7 +87,8 @@ pub enum Period {
     Session(SessionPeriod),
 }
 
-const PERIOD_SHAPE: &str = r#"must be {"window_seconds": N}, {"calendar": "day"|"week"|"month"} or "session""#;
+const PERIOD_SHAPE: &str =
+    r#"must be {"window_seconds": N}, {"calendar": "day"|"week"|"month"} or "session""#;
 
 impl<'de> Deserialize<'de> for Period {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -97,11 +98,16 @@ impl<'de> Deserialize<'de> for Period {
             Value::String(s) if s == "session" => Ok(Period::Session(SessionPeriod::Session)),
             Value::Object(map) if map.len() == 1 => {
                 if let Some(seconds) = map.get("window_seconds") {
-                    let seconds = seconds.as_u64().ok_or_else(|| de::Error::custom("window_seconds must be a whole number of seconds"))?;
-                    Ok(Period::Window { window_seconds: seconds })
+                    let seconds = seconds.as_u64().ok_or_else(|| {
+                        de::Error::custom("window_seconds must be a whole number of seconds")
+                    })?;
+                    Ok(Period::Window {
+                        window_seconds: seconds,
+                    })
                 } else if let Some(unit) = map.get("calendar") {
-                    let unit = CalendarUnit::deserialize(unit)
-                        .map_err(|_| de::Error::custom(r#"calendar must be "day", "week" or "month""#))?;
+                    let unit = CalendarUnit::deserialize(unit).map_err(|_| {
+                        de::Error::custom(r#"calendar must be "day", "week" or "month""#)
+                    })?;
                     Ok(Period::Calendar { calendar: unit })
                 } else {
                     Err(de::Error::custom(PERIOD_SHAPE))
@@ -124,10 +130,19 @@ impl Period {
 
     fn from_stored(s: &str) -> Option<Period> {
         match s.split_once(':') {
-            Some(("window", n)) => n.parse().ok().map(|window_seconds| Period::Window { window_seconds }),
-            Some(("calendar", "day")) => Some(Period::Calendar { calendar: CalendarUnit::Day }),
-            Some(("calendar", "week")) => Some(Period::Calendar { calendar: CalendarUnit::Week }),
-            Some(("calendar", "month")) => Some(Period::Calendar { calendar: CalendarUnit::Month }),
+            Some(("window", n)) => n
+                .parse()
+                .ok()
+                .map(|window_seconds| Period::Window { window_seconds }),
+            Some(("calendar", "day")) => Some(Period::Calendar {
+                calendar: CalendarUnit::Day,
+            }),
+            Some(("calendar", "week")) => Some(Period::Calendar {
+                calendar: CalendarUnit::Week,
+            }),
+            Some(("calendar", "month")) => Some(Period::Calendar {
+                calendar: CalendarUnit::Month,
+            }),
             None if s == "session" => Some(Period::Session(SessionPeriod::Session)),
             _ => None,
         }
@@ -175,7 +190,9 @@ impl<'de> Deserialize<'de> for Amount {
             }
 
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Amount, E> {
-                u64::try_from(v).map(Amount::Count).map_err(|_| E::custom("must not be negative"))
+                u64::try_from(v)
+                    .map(Amount::Count)
+                    .map_err(|_| E::custom("must not be negative"))
             }
 
             fn visit_f64<E: de::Error>(self, _: f64) -> Result<Amount, E> {
@@ -205,14 +222,21 @@ impl Amount {
     /// The amount in storage units for `measure` (a count, or micro-units for cost).
     pub fn to_units(&self, measure: Measure, field: &str) -> Result<i64, Invalid> {
         match (measure, self) {
-            (Measure::Cost, Amount::Decimal(text)) => parse_micros(text).map_err(|e| Invalid::new(field, e)),
+            (Measure::Cost, Amount::Decimal(text)) => {
+                parse_micros(text).map_err(|e| Invalid::new(field, e))
+            }
             (Measure::Cost, Amount::Count(_)) => Err(Invalid::new(
                 field,
                 r#"a cost amount is a decimal string in the currency (e.g. "100.00"), not a JSON number"#,
             )),
             (_, Amount::Count(n)) if *n <= MAX_COUNT => Ok(*n as i64),
-            (_, Amount::Count(_)) => Err(Invalid::new(field, format!("must be at most {MAX_COUNT}"))),
-            (_, Amount::Decimal(_)) => Err(Invalid::new(field, "a request or token amount is a whole number (a JSON integer)")),
+            (_, Amount::Count(_)) => {
+                Err(Invalid::new(field, format!("must be at most {MAX_COUNT}")))
+            }
+            (_, Amount::Decimal(_)) => Err(Invalid::new(
+                field,
+                "a request or token amount is a whole number (a JSON integer)",
+            )),
         }
     }
 
@@ -278,7 +302,10 @@ pub struct Budget {
 impl Budget {
     /// The limit in force now, in storage units.
     pub fn effective_units(&self) -> i64 {
-        self.overrides.iter().map(|o| o.units).fold(self.amount_units, i64::max)
+        self.overrides
+            .iter()
+            .map(|o| o.units)
+            .fold(self.amount_units, i64::max)
     }
 }
 
@@ -359,14 +386,23 @@ pub struct BudgetDef {
 
 fn validate_thresholds(thresholds: &[u32]) -> Result<(), Invalid> {
     if thresholds.len() > MAX_THRESHOLDS {
-        return Err(Invalid::new("alert_thresholds", format!("at most {MAX_THRESHOLDS} thresholds")));
+        return Err(Invalid::new(
+            "alert_thresholds",
+            format!("at most {MAX_THRESHOLDS} thresholds"),
+        ));
     }
     for (i, t) in thresholds.iter().enumerate() {
         if !(1..=100).contains(t) {
-            return Err(Invalid::new(format!("alert_thresholds[{i}]"), "must be a percentage 1-100"));
+            return Err(Invalid::new(
+                format!("alert_thresholds[{i}]"),
+                "must be a percentage 1-100",
+            ));
         }
         if i > 0 && thresholds[i - 1] >= *t {
-            return Err(Invalid::new(format!("alert_thresholds[{i}]"), "thresholds must be ascending without repeats"));
+            return Err(Invalid::new(
+                format!("alert_thresholds[{i}]"),
+                "thresholds must be ascending without repeats",
+            ));
         }
     }
     Ok(())
@@ -374,15 +410,23 @@ fn validate_thresholds(thresholds: &[u32]) -> Result<(), Invalid> {
 
 fn validate_period(scope: Scope, period: Period) -> Result<(), Invalid> {
     match (scope, period) {
-        (_, Period::Window { window_seconds }) if !(1..=MAX_WINDOW_SECONDS).contains(&window_seconds) => {
-            Err(Invalid::new("period.window_seconds", format!("must be 1-{MAX_WINDOW_SECONDS}")))
+        (_, Period::Window { window_seconds })
+            if !(1..=MAX_WINDOW_SECONDS).contains(&window_seconds) =>
+        {
+            Err(Invalid::new(
+                "period.window_seconds",
+                format!("must be 1-{MAX_WINDOW_SECONDS}"),
+            ))
         }
         (Scope::Session, Period::Calendar { .. }) => Err(Invalid::new(
             "period",
             r#"a session budget counts per session: use {"window_seconds": N} or "session""#,
         )),
         (Scope::Session, _) | (_, Period::Window { .. } | Period::Calendar { .. }) => Ok(()),
-        (_, Period::Session(_)) => Err(Invalid::new("period", r#""session" is only for the session scope"#)),
+        (_, Period::Session(_)) => Err(Invalid::new(
+            "period",
+            r#""session" is only for the session scope"#,
+        )),
     }
 }
 
@@ -391,30 +435,70 @@ impl NewBudget {
     pub fn validate(&self) -> Result<BudgetDef, Invalid> {
         validate_slug("name", &self.name)?;
         match (self.scope, &self.tenant_id) {
-            (Scope::Global, Some(_)) => return Err(Invalid::new("tenant_id", "a global budget belongs to no tenant")),
+            (Scope::Global, Some(_)) => {
+                return Err(Invalid::new(
+                    "tenant_id",
+                    "a global budget belongs to no tenant",
+                ));
+            }
             (Scope::Global, None) => {}
             (_, Some(tenant)) => validate_slug("tenant_id", tenant)?,
-            (_, None) => return Err(Invalid::new("tenant_id", "is required for the tenant, tenant_model and session scopes")),
+            (_, None) => {
+                return Err(Invalid::new(
+                    "tenant_id",
+                    "is required for the tenant, tenant_model and session scopes",
+                ));
+            }
         }
         match (self.scope, &self.model) {
             (Scope::TenantModel, Some(model)) => validate_model("model", model)?,
-            (Scope::TenantModel, None) => return Err(Invalid::new("model", "is required for the tenant_model scope")),
-            (_, Some(_)) => return Err(Invalid::new("model", "is only allowed for the tenant_model scope")),
+            (Scope::TenantModel, None) => {
+                return Err(Invalid::new(
+                    "model",
+                    "is required for the tenant_model scope",
+                ));
+            }
+            (_, Some(_)) => {
+                return Err(Invalid::new(
+                    "model",
+                    "is only allowed for the tenant_model scope",
+                ));
+            }
             (_, None) => {}
         }
         match (self.measure, &self.token_type) {
             (Measure::Tokens, Some(token_type)) => validate_slug("token_type", token_type)?,
-            (_, Some(_)) => return Err(Invalid::new("token_type", "is only allowed with the tokens measure")),
+            (_, Some(_)) => {
+                return Err(Invalid::new(
+                    "token_type",
+                    "is only allowed with the tokens measure",
+                ));
+            }
             (_, None) => {}
         }
         validate_period(self.scope, self.period)?;
         let amount_units = self.amount.to_units(self.measure, "amount")?;
         match (self.scope, self.measure, &self.currency) {
-            (Scope::Global, Measure::Cost, Some(currency)) => validate_currency("currency", currency)?,
-            (Scope::Global, Measure::Cost, None) => return Err(Invalid::new("currency", "is required for a global cost budget")),
-            (Scope::Global, _, Some(_)) => return Err(Invalid::new("currency", "is only allowed with the cost measure")),
+            (Scope::Global, Measure::Cost, Some(currency)) => {
+                validate_currency("currency", currency)?
+            }
+            (Scope::Global, Measure::Cost, None) => {
+                return Err(Invalid::new(
+                    "currency",
+                    "is required for a global cost budget",
+                ));
+            }
+            (Scope::Global, _, Some(_)) => {
+                return Err(Invalid::new(
+                    "currency",
+                    "is only allowed with the cost measure",
+                ));
+            }
             (_, _, Some(_)) => {
-                return Err(Invalid::new("currency", "a tenant's budgets are in the tenant's currency; leave it out"));
+                return Err(Invalid::new(
+                    "currency",
+                    "a tenant's budgets are in the tenant's currency; leave it out",
+                ));
             }
             (_, _, None) => {}
         }
@@ -447,7 +531,10 @@ impl BudgetUpdate {
             ("currency", &self.currency),
         ];
         if let Some((field, _)) = fixed.iter().find(|(_, v)| v.is_some()) {
-            return Err(Invalid::new(*field, "cannot change; retire the budget and create another"));
+            return Err(Invalid::new(
+                *field,
+                "cannot change; retire the budget and create another",
+            ));
         }
         if let Some(name) = &self.name {
             validate_slug("name", name)?;
@@ -458,7 +545,10 @@ impl BudgetUpdate {
             Some(amount) => amount.to_units(budget.measure, "amount")?,
             None => budget.amount_units,
         };
-        let alert_thresholds = self.alert_thresholds.clone().unwrap_or_else(|| budget.alert_thresholds.clone());
+        let alert_thresholds = self
+            .alert_thresholds
+            .clone()
+            .unwrap_or_else(|| budget.alert_thresholds.clone());
         validate_thresholds(&alert_thresholds)?;
         Ok(BudgetDef {
             name: self.name.clone().unwrap_or_else(|| budget.name.clone()),
@@ -513,8 +603,11 @@ fn enforcement_name(enforcement: Enforcement) -> &'static str {
 
 /// Parses a stored enum name through its serde name.
 fn parse_stored<T: for<'de> Deserialize<'de>>(column: &str, s: &str) -> Result<T, LedgerError> {
-    T::deserialize(Value::String(s.to_owned()))
-        .map_err(|_| LedgerError::Database(sqlx::Error::Decode(format!("unexpected {column} '{s}'").into())))
+    T::deserialize(Value::String(s.to_owned())).map_err(|_| {
+        LedgerError::Database(sqlx::Error::Decode(
+            format!("unexpected {column} '{s}'").into(),
+        ))
+    })
 }
 
 const BUDGET_COLUMNS: &str = "id, name, scope, tenant_id, model, measure, token_type, period, amount, currency, \
@@ -529,7 +622,10 @@ fn budget_from_row(row: &AnyRow, overrides: Vec<BudgetOverride>) -> Result<Budge
     let period: String = row.try_get("period")?;
     let thresholds: String = row.try_get("alert_thresholds")?;
     let amount_units: i64 = row.try_get("amount")?;
-    let effective_units = overrides.iter().map(|o| o.units).fold(amount_units, i64::max);
+    let effective_units = overrides
+        .iter()
+        .map(|o| o.units)
+        .fold(amount_units, i64::max);
     Ok(Budget {
         id: row.try_get("id")?,
         name: row.try_get("name")?,
@@ -538,8 +634,11 @@ fn budget_from_row(row: &AnyRow, overrides: Vec<BudgetOverride>) -> Result<Budge
         model: row.try_get("model")?,
         measure,
         token_type: row.try_get("token_type")?,
-        period: Period::from_stored(&period)
-            .ok_or_else(|| LedgerError::Database(sqlx::Error::Decode(format!("unexpected period '{period}'").into())))?,
+        period: Period::from_stored(&period).ok_or_else(|| {
+            LedgerError::Database(sqlx::Error::Decode(
+                format!("unexpected period '{period}'").into(),
+            ))
+        })?,
         amount: Amount::from_units(measure, amount_units),
         currency: row.try_get("currency")?,
         enforcement: parse_stored("enforcement", &row.try_get::<String, _>("enforcement")?)?,
@@ -562,7 +661,10 @@ fn not_found(id: &str) -> LedgerError {
 
 fn name_taken(def: &BudgetDef) -> impl FnOnce() -> String + '_ {
     move || match &def.tenant_id {
-        Some(tenant) => format!("tenant '{tenant}' already has a live budget named '{}'", def.name),
+        Some(tenant) => format!(
+            "tenant '{tenant}' already has a live budget named '{}'",
+            def.name
+        ),
         None => format!("a live global budget named '{}' already exists", def.name),
     }
 }
@@ -602,7 +704,16 @@ impl Ledger {
         .await
         .map_err(|e| LedgerError::conflict_on_unique(e, name_taken(def)))?;
         let budget = budget_in(&mut tx, &id, now).await?;
-        audit::record(&mut tx, now, actor, "budget.create", ("budget", &id), None::<&Budget>, Some(&budget)).await?;
+        audit::record(
+            &mut tx,
+            now,
+            actor,
+            "budget.create",
+            ("budget", &id),
+            None::<&Budget>,
+            Some(&budget),
+        )
+        .await?;
         self.commit_change(tx).await?;
         Ok(budget)
     }
@@ -637,7 +748,12 @@ impl Ledger {
         for row in &rows {
             let id: String = row.try_get("id")?;
             let measure = row_measure(row)?;
-            let overrides = live.remove(&id).unwrap_or_default().into_iter().map(|o| o.show(measure)).collect();
+            let overrides = live
+                .remove(&id)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|o| o.show(measure))
+                .collect();
             budgets.push(budget_from_row(row, overrides)?);
         }
         tx.commit().await?;
@@ -654,7 +770,12 @@ impl Ledger {
     }
 
     /// Replaces a live budget's definition (from [`BudgetUpdate::apply_to`]).
-    pub async fn update_budget(&self, actor: &str, id: &str, def: &BudgetDef) -> Result<Budget, LedgerError> {
+    pub async fn update_budget(
+        &self,
+        actor: &str,
+        id: &str,
+        def: &BudgetDef,
+    ) -> Result<Budget, LedgerError> {
         let now = self.now_ms();
         let mut tx = self.begin().await?;
         let before = live_budget_in(&mut tx, id, now).await?;
@@ -673,7 +794,16 @@ impl Ledger {
         .await
         .map_err(|e| LedgerError::conflict_on_unique(e, name_taken(def)))?;
         let after = budget_in(&mut tx, id, now).await?;
-        audit::record(&mut tx, now, actor, "budget.update", ("budget", id), Some(&before), Some(&after)).await?;
+        audit::record(
+            &mut tx,
+            now,
+            actor,
+            "budget.update",
+            ("budget", id),
+            Some(&before),
+            Some(&after),
+        )
+        .await?;
         self.commit_change(tx).await?;
         Ok(after)
     }
@@ -689,26 +819,51 @@ impl Ledger {
             .execute(&mut *tx)
             .await?;
         let after = budget_in(&mut tx, id, now).await?;
-        audit::record(&mut tx, now, actor, "budget.retire", ("budget", id), Some(&before), Some(&after)).await?;
+        audit::record(
+            &mut tx,
+            now,
+            actor,
+            "budget.retire",
+            ("budget", id),
+            Some(&before),
+            Some(&after),
+        )
+        .await?;
         self.commit_change(tx).await?;
         Ok(after)
     }
 }
 
 /// Reads a budget inside a transaction, with the overrides in force at `now`.
-pub async fn budget_in(tx: &mut Transaction<'static, Any>, id: &str, now: i64) -> Result<Budget, LedgerError> {
-    let row = sqlx::query(&format!("SELECT {BUDGET_COLUMNS} FROM budgets WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(&mut **tx)
-        .await?
-        .ok_or_else(|| not_found(id))?;
+pub async fn budget_in(
+    tx: &mut Transaction<'static, Any>,
+    id: &str,
+    now: i64,
+) -> Result<Budget, LedgerError> {
+    let row = sqlx::query(&format!(
+        "SELECT {BUDGET_COLUMNS} FROM budgets WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or_else(|| not_found(id))?;
     let measure = row_measure(&row)?;
-    let overrides = overrides_in(tx, Some(id), now).await?.remove(id).unwrap_or_default();
-    budget_from_row(&row, overrides.into_iter().map(|o| o.show(measure)).collect())
+    let overrides = overrides_in(tx, Some(id), now)
+        .await?
+        .remove(id)
+        .unwrap_or_default();
+    budget_from_row(
+        &row,
+        overrides.into_iter().map(|o| o.show(measure)).collect(),
+    )
 }
 
 /// Reads a budget that is not retired; a retired one is a conflict.
-pub async fn live_budget_in(tx: &mut Transaction<'static, Any>, id: &str, now: i64) -> Result<Budget, LedgerError> {
+pub async fn live_budget_in(
+    tx: &mut Transaction<'static, Any>,
+    id: &str,
+    now: i64,
+) -> Result<Budget, LedgerError> {
     let budget = budget_in(tx, id, now).await?;
     if budget.deleted_at.is_some() {
         return Err(LedgerError::Conflict(format!("budget '{id}' is retired")));
@@ -754,13 +909,16 @@ async fn overrides_in(
     .await?;
     let mut by_budget: HashMap<String, Vec<OverrideRow>> = HashMap::new();
     for row in &rows {
-        by_budget.entry(row.try_get("budget_id")?).or_default().push(OverrideRow {
-            id: row.try_get("id")?,
-            units: row.try_get("amount")?,
-            expires_at: row.try_get("expires_at")?,
-            approval_id: row.try_get("approval_id")?,
-            created_at: row.try_get("created_at")?,
-        });
+        by_budget
+            .entry(row.try_get("budget_id")?)
+            .or_default()
+            .push(OverrideRow {
+                id: row.try_get("id")?,
+                units: row.try_get("amount")?,
+                expires_at: row.try_get("expires_at")?,
+                approval_id: row.try_get("approval_id")?,
+                created_at: row.try_get("created_at")?,
+            });
     }
     Ok(by_budget)
 }
@@ -789,7 +947,16 @@ pub async fn raise_amount_in(
         .execute(&mut **tx)
         .await?;
     let after = budget_in(tx, id, now).await?;
-    audit::record(tx, now, actor, "budget.increase", ("budget", id), Some(&before), Some(&after)).await?;
+    audit::record(
+        tx,
+        now,
+        actor,
+        "budget.increase",
+        ("budget", id),
+        Some(&before),
+        Some(&after),
+    )
+    .await?;
     Ok(after)
 }
 
@@ -805,7 +972,9 @@ pub async fn add_override_in(
 ) -> Result<Budget, LedgerError> {
     let before = live_budget_in(tx, id, now).await?;
     if expires_at <= now {
-        return Err(LedgerError::Conflict(format!("the override of budget '{id}' would already have expired at {expires_at}")));
+        return Err(LedgerError::Conflict(format!(
+            "the override of budget '{id}' would already have expired at {expires_at}"
+        )));
     }
     sqlx::query(
         "INSERT INTO budget_overrides (id, budget_id, amount, expires_at, approval_id, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
@@ -819,7 +988,16 @@ pub async fn add_override_in(
     .execute(&mut **tx)
     .await?;
     let after = budget_in(tx, id, now).await?;
-    audit::record(tx, now, actor, "budget.override", ("budget", id), Some(&before), Some(&after)).await?;
+    audit::record(
+        tx,
+        now,
+        actor,
+        "budget.override",
+        ("budget", id),
+        Some(&before),
+        Some(&after),
+    )
+    .await?;
     Ok(after)
 }
 
@@ -855,13 +1033,22 @@ mod tests {
     fn the_worked_examples_budgets_are_valid() {
         let monthly = new(base()).unwrap();
         assert_eq!(monthly.amount_units, 100_000_000);
-        assert_eq!(monthly.period, Period::Calendar { calendar: CalendarUnit::Month });
-        let daily = new(with(json!({"name": "daily-output", "measure": "tokens", "token_type": "output",
-            "period": {"calendar": "day"}, "amount": 1_000_000, "enforcement": "soft"})))
+        assert_eq!(
+            monthly.period,
+            Period::Calendar {
+                calendar: CalendarUnit::Month
+            }
+        );
+        let daily = new(with(
+            json!({"name": "daily-output", "measure": "tokens", "token_type": "output",
+            "period": {"calendar": "day"}, "amount": 1_000_000, "enforcement": "soft"}),
+        ))
         .unwrap();
         assert_eq!(daily.amount_units, 1_000_000);
-        let session = new(with(json!({"name": "session-requests", "scope": "session", "measure": "requests",
-            "period": "session", "amount": 5})))
+        let session = new(with(
+            json!({"name": "session-requests", "scope": "session", "measure": "requests",
+            "period": "session", "amount": 5}),
+        ))
         .unwrap();
         assert_eq!(session.period, Period::Session(SessionPeriod::Session));
     }
@@ -875,42 +1062,83 @@ mod tests {
             (json!({"model": "gpt-4o"}), "model"),
             (json!({"token_type": "input"}), "token_type"),
             (json!({"period": "session"}), "period"),
-            (json!({"scope": "session", "period": {"calendar": "day"}}), "period"),
-            (json!({"period": {"window_seconds": 0}}), "period.window_seconds"),
+            (
+                json!({"scope": "session", "period": {"calendar": "day"}}),
+                "period",
+            ),
+            (
+                json!({"period": {"window_seconds": 0}}),
+                "period.window_seconds",
+            ),
             (json!({"amount": 100}), "amount"),
             (json!({"measure": "requests", "amount": "100"}), "amount"),
-            (json!({"measure": "requests", "amount": MAX_COUNT + 1}), "amount"),
+            (
+                json!({"measure": "requests", "amount": MAX_COUNT + 1}),
+                "amount",
+            ),
             (json!({"amount": "1000000000001"}), "amount"),
             (json!({"currency": "USD"}), "currency"),
             (json!({"scope": "global", "tenant_id": null}), "currency"),
-            (json!({"alert_thresholds": [100, 80]}), "alert_thresholds[1]"),
+            (
+                json!({"alert_thresholds": [100, 80]}),
+                "alert_thresholds[1]",
+            ),
             (json!({"alert_thresholds": [0]}), "alert_thresholds[0]"),
             (json!({"alert_thresholds": [101]}), "alert_thresholds[0]"),
-            (json!({"alert_thresholds": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]}), "alert_thresholds"),
+            (
+                json!({"alert_thresholds": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]}),
+                "alert_thresholds",
+            ),
             (json!({"name": "Monthly Cost"}), "name"),
         ];
         for (changes, field) in cases {
-            assert_eq!(new(with(changes.clone())), Err(field.to_owned()), "{changes}");
+            assert_eq!(
+                new(with(changes.clone())),
+                Err(field.to_owned()),
+                "{changes}"
+            );
         }
     }
 
     #[test]
     fn amounts_and_periods_refuse_wrong_shapes() {
         for bad in [json!(-1), json!(1.5), json!(1e30), json!(true)] {
-            assert!(serde_json::from_value::<Amount>(bad.clone()).is_err(), "{bad}");
+            assert!(
+                serde_json::from_value::<Amount>(bad.clone()).is_err(),
+                "{bad}"
+            );
         }
-        for bad in [json!("month"), json!({"calendar": "year"}), json!({"window_seconds": -5}), json!({"window_seconds": 60, "calendar": "day"}), json!(60)] {
-            assert!(serde_json::from_value::<Period>(bad.clone()).is_err(), "{bad}");
+        for bad in [
+            json!("month"),
+            json!({"calendar": "year"}),
+            json!({"window_seconds": -5}),
+            json!({"window_seconds": 60, "calendar": "day"}),
+            json!(60),
+        ] {
+            assert!(
+                serde_json::from_value::<Period>(bad.clone()).is_err(),
+                "{bad}"
+            );
         }
-        assert_eq!(serde_json::to_value(Period::Session(SessionPeriod::Session)).unwrap(), json!("session"));
-        assert_eq!(serde_json::to_value(Period::Window { window_seconds: 60 }).unwrap(), json!({"window_seconds": 60}));
+        assert_eq!(
+            serde_json::to_value(Period::Session(SessionPeriod::Session)).unwrap(),
+            json!("session")
+        );
+        assert_eq!(
+            serde_json::to_value(Period::Window { window_seconds: 60 }).unwrap(),
+            json!({"window_seconds": 60})
+        );
     }
 
     #[test]
     fn stored_periods_round_trip() {
         for period in [
-            Period::Window { window_seconds: 3600 },
-            Period::Calendar { calendar: CalendarUnit::Week },
+            Period::Window {
+                window_seconds: 3600,
+            },
+            Period::Calendar {
+                calendar: CalendarUnit::Week,
+            },
             Period::Session(SessionPeriod::Session),
         ] {
             assert_eq!(Period::from_stored(&period.to_stored()), Some(period));

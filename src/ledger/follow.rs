@@ -48,8 +48,14 @@ impl Tracker {
             return;
         }
         let mut applied = self.applied.subscribe();
-        if tokio::time::timeout(APPLY_WAIT, applied.wait_for(|a| *a >= seq)).await.is_err() {
-            tracing::warn!(change = seq, "a committed change was not applied to the local policy in time");
+        if tokio::time::timeout(APPLY_WAIT, applied.wait_for(|a| *a >= seq))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                change = seq,
+                "a committed change was not applied to the local policy in time"
+            );
         }
     }
 }
@@ -97,7 +103,9 @@ mod tests {
     async fn a_writer_without_a_follower_never_waits() {
         let tracker = Tracker::new();
         let seq = tracker.record();
-        tokio::time::timeout(Duration::from_millis(50), tracker.wait_applied(seq)).await.expect("no wait");
+        tokio::time::timeout(Duration::from_millis(50), tracker.wait_applied(seq))
+            .await
+            .expect("no wait");
     }
 
     #[tokio::test]
@@ -113,6 +121,9 @@ mod tests {
         assert!(!waiting.is_finished());
         assert_eq!(follower.committed(), seq);
         follower.applied(seq);
-        tokio::time::timeout(Duration::from_secs(1), waiting).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .unwrap()
+            .unwrap();
     }
 }

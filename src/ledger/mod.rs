@@ -51,7 +51,9 @@ impl LedgerError {
     /// A unique-constraint violation, reported as a conflict with `message`.
     pub fn conflict_on_unique(error: sqlx::Error, message: impl FnOnce() -> String) -> LedgerError {
         match &error {
-            sqlx::Error::Database(db) if db.is_unique_violation() => LedgerError::Conflict(message()),
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                LedgerError::Conflict(message())
+            }
             _ => LedgerError::Database(error),
         }
     }
@@ -87,7 +89,11 @@ impl Ledger {
         };
         let mut url = url.to_owned();
         if backend == Backend::Sqlite && !url.contains("mode=") {
-            url.push_str(if url.contains('?') { "&mode=rwc" } else { "?mode=rwc" });
+            url.push_str(if url.contains('?') {
+                "&mode=rwc"
+            } else {
+                "?mode=rwc"
+            });
         }
         let options = AnyConnectOptions::from_str(&url)?;
         let pool = AnyPoolOptions::new()
@@ -97,7 +103,9 @@ impl Ledger {
             .connect_with(options)
             .await?;
         if backend == Backend::Sqlite {
-            sqlx::query("PRAGMA foreign_keys = ON").execute(&pool).await?;
+            sqlx::query("PRAGMA foreign_keys = ON")
+                .execute(&pool)
+                .await?;
         }
         let (changes, _) = broadcast::channel(64);
         Ok(Ledger {
@@ -138,10 +146,16 @@ impl Ledger {
 
     /// Commits a change and announces it to every replica's policy. Returns once this
     /// process's policy has applied it (bounded by [`follow::APPLY_WAIT`]).
-    pub async fn commit_change(&self, mut tx: Transaction<'static, Any>) -> Result<(), LedgerError> {
+    pub async fn commit_change(
+        &self,
+        mut tx: Transaction<'static, Any>,
+    ) -> Result<(), LedgerError> {
         if self.backend == Backend::Postgres {
             // Delivered by PostgreSQL at commit, to every listening replica.
-            sqlx::query("SELECT pg_notify($1, '')").bind(CHANGES_CHANNEL).execute(&mut *tx).await?;
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(CHANGES_CHANNEL)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         // Announced here too, so this replica does not depend on its listener for its own writes.
@@ -183,7 +197,9 @@ impl Ledger {
                             }
                         }
                     }
-                    Err(error) => tracing::warn!(%error, "cannot listen for ledger changes; retrying"),
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot listen for ledger changes; retrying")
+                    }
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }

@@ -54,11 +54,16 @@ pub struct NewPrice {
 /// (`claude-sonnet`, `gpt-4o`, `meta/llama-3.1:70b`).
 pub fn validate_model(field: &str, model: &str) -> Result<(), Invalid> {
     let ok = (1..=128).contains(&model.len())
-        && model.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:/@".contains(&b));
+        && model
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/@".contains(&b));
     if ok {
         Ok(())
     } else {
-        Err(Invalid::new(field, "must be 1-128 characters of letters, digits and '-', '_', '.', ':', '/', '@'"))
+        Err(Invalid::new(
+            field,
+            "must be 1-128 characters of letters, digits and '-', '_', '.', ':', '/', '@'",
+        ))
     }
 }
 
@@ -67,7 +72,10 @@ pub fn validate_time(field: &str, ms: i64) -> Result<(), Invalid> {
     if (0..=MAX_TIME_MS).contains(&ms) {
         Ok(())
     } else {
-        Err(Invalid::new(field, format!("must be milliseconds since the epoch, 0-{MAX_TIME_MS}")))
+        Err(Invalid::new(
+            field,
+            format!("must be milliseconds since the epoch, 0-{MAX_TIME_MS}"),
+        ))
     }
 }
 
@@ -77,7 +85,8 @@ impl NewPrice {
         validate_model("model", &self.model)?;
         validate_slug("token_type", &self.token_type)?;
         validate_currency("currency", &self.currency)?;
-        let micros = parse_micros(&self.price_per_million).map_err(|e| Invalid::new("price_per_million", e))?;
+        let micros = parse_micros(&self.price_per_million)
+            .map_err(|e| Invalid::new("price_per_million", e))?;
         if let Some(at) = self.effective_from {
             validate_time("effective_from", at)?;
         }
@@ -95,7 +104,8 @@ pub struct PriceFilter {
     pub offset: i64,
 }
 
-const PRICE_COLUMNS: &str = "id, model, token_type, currency, micros_per_million, effective_from, created_at, created_by";
+const PRICE_COLUMNS: &str =
+    "id, model, token_type, currency, micros_per_million, effective_from, created_at, created_by";
 
 fn price_from_row(row: &AnyRow) -> Result<Price, LedgerError> {
     let micros: i64 = row.try_get("micros_per_million")?;
@@ -115,7 +125,12 @@ fn price_from_row(row: &AnyRow) -> Result<Price, LedgerError> {
 impl Ledger {
     /// Adds a price version (`micros` from [`NewPrice::validate`]); a second version of the
     /// same model, token type and currency at the same time is a conflict.
-    pub async fn add_price(&self, actor: &str, new: &NewPrice, micros: i64) -> Result<Price, LedgerError> {
+    pub async fn add_price(
+        &self,
+        actor: &str,
+        new: &NewPrice,
+        micros: i64,
+    ) -> Result<Price, LedgerError> {
         let now = self.now_ms();
         let id = new_id();
         let effective_from = new.effective_from.unwrap_or(now);
@@ -147,7 +162,16 @@ impl Ledger {
             .fetch_one(&mut *tx)
             .await?;
         let price = price_from_row(&row)?;
-        audit::record(&mut tx, now, actor, "price.create", ("price", &id), None::<&Price>, Some(&price)).await?;
+        audit::record(
+            &mut tx,
+            now,
+            actor,
+            "price.create",
+            ("price", &id),
+            None::<&Price>,
+            Some(&price),
+        )
+        .await?;
         // Prices decide what usage costs, so every replica reloads them.
         self.commit_change(tx).await?;
         Ok(price)
@@ -170,7 +194,13 @@ impl Ledger {
     }
 
     /// The price version in force at `at`, if any.
-    pub async fn price_at(&self, model: &str, token_type: &str, currency: &str, at: i64) -> Result<Option<Price>, LedgerError> {
+    pub async fn price_at(
+        &self,
+        model: &str,
+        token_type: &str,
+        currency: &str,
+        at: i64,
+    ) -> Result<Option<Price>, LedgerError> {
         let mut tx = self.begin().await?;
         let price = price_at_in(&mut tx, model, token_type, currency, at).await?;
         tx.commit().await?;
@@ -205,7 +235,12 @@ mod tests {
 
     #[test]
     fn model_names_allow_the_usual_provider_spellings() {
-        for ok in ["claude-sonnet", "gpt-4o", "meta/llama-3.1:70b", "Claude_3@2024"] {
+        for ok in [
+            "claude-sonnet",
+            "gpt-4o",
+            "meta/llama-3.1:70b",
+            "Claude_3@2024",
+        ] {
             assert!(validate_model("model", ok).is_ok(), "{ok}");
         }
         for bad in ["", "has space", "semi;colon", &"x".repeat(129)] {
@@ -223,8 +258,17 @@ mod tests {
             effective_from: at,
         };
         assert_eq!(new("3.00", None).validate(), Ok(3_000_000));
-        assert_eq!(new("-1", None).validate().unwrap_err().field, "price_per_million");
-        assert_eq!(new("1000000000001", None).validate().unwrap_err().field, "price_per_million");
-        assert_eq!(new("1", Some(-1)).validate().unwrap_err().field, "effective_from");
+        assert_eq!(
+            new("-1", None).validate().unwrap_err().field,
+            "price_per_million"
+        );
+        assert_eq!(
+            new("1000000000001", None).validate().unwrap_err().field,
+            "price_per_million"
+        );
+        assert_eq!(
+            new("1", Some(-1)).validate().unwrap_err().field,
+            "effective_from"
+        );
     }
 }

@@ -25,7 +25,9 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use utoipa::ToSchema;
 
-use super::budgets::{Amount, Budget, BudgetFilter, CalendarUnit, Enforcement, Measure, Period, Scope};
+use super::budgets::{
+    Amount, Budget, BudgetFilter, CalendarUnit, Enforcement, Measure, Period, Scope,
+};
 use super::{Ledger, LedgerError};
 use crate::limiter::window::Window;
 use crate::rules::Unit;
@@ -159,7 +161,12 @@ const SLOT_CANDIDATES_MS: [i64; 5] = [86_400_000, 3_600_000, 900_000, 60_000, 1_
 
 impl Buckets {
     /// The buckets of `granularity` in `timezone` that cover `[from_ms, to_ms)`.
-    pub fn new(granularity: Granularity, timezone: &TimeZone, from_ms: i64, to_ms: i64) -> Result<Buckets, jiff::Error> {
+    pub fn new(
+        granularity: Granularity,
+        timezone: &TimeZone,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Buckets, jiff::Error> {
         let from = Zoned::new(Timestamp::from_millisecond(from_ms)?, timezone.clone());
         let today = from.start_of_day()?;
         let mut start = match granularity {
@@ -212,7 +219,9 @@ fn overflow() -> LedgerError {
 }
 
 fn bad_time(error: jiff::Error) -> LedgerError {
-    LedgerError::Database(sqlx::Error::Decode(format!("report time out of range: {error}").into()))
+    LedgerError::Database(sqlx::Error::Decode(
+        format!("report time out of range: {error}").into(),
+    ))
 }
 
 type GroupKey = (Option<Date>, Vec<Option<String>>, String);
@@ -220,7 +229,10 @@ type GroupKey = (Option<Date>, Vec<Option<String>>, String);
 impl Ledger {
     /// Spend and tokens of `query`, grouped and sorted, with totals per currency.
     pub async fn spend_report(&self, query: &SpendQuery) -> Result<SpendReport, LedgerError> {
-        let dimensions: Vec<Dimension> = Dimension::ALL.into_iter().filter(|d| query.dimensions.contains(d)).collect();
+        let dimensions: Vec<Dimension> = Dimension::ALL
+            .into_iter()
+            .filter(|d| query.dimensions.contains(d))
+            .collect();
         let buckets = query
             .granularity
             .map(|g| Buckets::new(g, &query.timezone, query.from_ms, query.to_ms))
@@ -233,7 +245,10 @@ impl Ledger {
             // A literal from code, not a parameter, so GROUP BY matches it on both databases.
             select.push(format!("e.occurred_at / {}", buckets.slot_ms()));
         }
-        let group_by = (1..=select.len()).map(|i| i.to_string()).collect::<Vec<_>>().join(", ");
+        let group_by = (1..=select.len())
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
         // Usage contributes its lines; a correction has no lines and contributes its own
         // cost. CAST: PostgreSQL sums BIGINT into NUMERIC.
         let sql = format!(
@@ -311,7 +326,10 @@ impl Ledger {
     /// Session budgets are per session and global ones belong to no tenant: neither is
     /// listed. `reserved` is always 0 for now: reservations live in the counter store, not
     /// in the ledger, so `spent` is what the ledger has recorded.
-    pub async fn budget_status(&self, tenant: Option<&str>) -> Result<Vec<BudgetStatus>, LedgerError> {
+    pub async fn budget_status(
+        &self,
+        tenant: Option<&str>,
+    ) -> Result<Vec<BudgetStatus>, LedgerError> {
         let now_ms = self.now_ms();
         let budgets = self
             .budgets(&BudgetFilter {
@@ -323,7 +341,9 @@ impl Ledger {
         let mut timezones: BTreeMap<String, TimeZone> = BTreeMap::new();
         let mut statuses = Vec::new();
         for budget in budgets {
-            let Some(tenant_id) = budget.tenant_id.clone() else { continue };
+            let Some(tenant_id) = budget.tenant_id.clone() else {
+                continue;
+            };
             if !matches!(budget.scope, Scope::Tenant | Scope::TenantModel) {
                 continue;
             }
@@ -333,16 +353,32 @@ impl Ledger {
                 timezones.insert(tenant_id.clone(), tz);
             }
             let tz = &timezones[&tenant_id];
-            let Some((start_ms, end_ms)) = period_bounds(budget.period, now_ms, tz) else { continue };
+            let Some((start_ms, end_ms)) = period_bounds(budget.period, now_ms, tz) else {
+                continue;
+            };
             let spent = self.spent(&budget, &tenant_id, start_ms, end_ms).await?;
-            statuses.push(BudgetStatus::new(budget, tenant_id, spent, (start_ms, end_ms), tz));
+            statuses.push(BudgetStatus::new(
+                budget,
+                tenant_id,
+                spent,
+                (start_ms, end_ms),
+                tz,
+            ));
         }
         Ok(statuses)
     }
 
     /// What the ledger holds against `budget` in `[start_ms, end_ms)`, in its units.
-    async fn spent(&self, budget: &Budget, tenant: &str, start_ms: i64, end_ms: i64) -> Result<i64, LedgerError> {
-        let model = (budget.scope == Scope::TenantModel).then(|| budget.model.clone()).flatten();
+    async fn spent(
+        &self,
+        budget: &Budget,
+        tenant: &str,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<i64, LedgerError> {
+        let model = (budget.scope == Scope::TenantModel)
+            .then(|| budget.model.clone())
+            .flatten();
         let spent: i64 = match budget.measure {
             Measure::Cost => {
                 sqlx::query_scalar(
@@ -397,7 +433,10 @@ impl Ledger {
 pub fn period_bounds(period: Period, now_ms: i64, tz: &TimeZone) -> Option<(i64, i64)> {
     let now_secs = (now_ms / 1_000).max(0) as u64;
     let (window, length) = match period {
-        Period::Window { window_seconds } => (Window::containing(now_secs, window_seconds), window_seconds.max(1)),
+        Period::Window { window_seconds } => (
+            Window::containing(now_secs, window_seconds),
+            window_seconds.max(1),
+        ),
         Period::Calendar { calendar } => {
             let unit = match calendar {
                 CalendarUnit::Day => Unit::Day,
@@ -452,14 +491,24 @@ pub struct StatusUnits {
 }
 
 impl BudgetStatus {
-    fn new(budget: Budget, tenant_id: String, spent: i64, (start_ms, end_ms): (i64, i64), tz: &TimeZone) -> BudgetStatus {
+    fn new(
+        budget: Budget,
+        tenant_id: String,
+        spent: i64,
+        (start_ms, end_ms): (i64, i64),
+        tz: &TimeZone,
+    ) -> BudgetStatus {
         let limit = budget.effective_units();
         let reserved = 0;
         let remaining = limit.saturating_sub(spent).saturating_sub(reserved).max(0);
         let show = |units| Amount::from_units(budget.measure, units);
         let time = |ms: i64| {
             Timestamp::from_millisecond(ms)
-                .map(|t| t.to_zoned(tz.clone()).strftime("%Y-%m-%dT%H:%M:%S%:z").to_string())
+                .map(|t| {
+                    t.to_zoned(tz.clone())
+                        .strftime("%Y-%m-%dT%H:%M:%S%:z")
+                        .to_string()
+                })
                 .unwrap_or_default()
         };
         BudgetStatus {
@@ -502,39 +551,90 @@ mod tests {
 
     #[test]
     fn utc_days_are_whole_days_so_the_database_may_sum_by_day() {
-        let b = Buckets::new(Granularity::Day, &TimeZone::UTC, ms("2026-11-01T00:00:00Z"), ms("2026-11-04T00:00:00Z")).unwrap();
-        assert_eq!(b.dates, vec![date("2026-11-01"), date("2026-11-02"), date("2026-11-03")]);
+        let b = Buckets::new(
+            Granularity::Day,
+            &TimeZone::UTC,
+            ms("2026-11-01T00:00:00Z"),
+            ms("2026-11-04T00:00:00Z"),
+        )
+        .unwrap();
+        assert_eq!(
+            b.dates,
+            vec![date("2026-11-01"), date("2026-11-02"), date("2026-11-03")]
+        );
         assert_eq!(b.slot_ms(), 86_400_000);
-        assert_eq!(b.date_of(ms("2026-11-02T23:59:59.999Z")), Some(date("2026-11-02")));
+        assert_eq!(
+            b.date_of(ms("2026-11-02T23:59:59.999Z")),
+            Some(date("2026-11-02"))
+        );
     }
 
     #[test]
     fn a_berlin_day_across_the_dst_change_lasts_25_hours() {
         let berlin = TimeZone::get("Europe/Berlin").unwrap();
-        let b = Buckets::new(Granularity::Day, &berlin, ms("2026-10-24T22:00:00Z"), ms("2026-10-26T23:00:00Z")).unwrap();
-        assert_eq!(b.starts, vec![ms("2026-10-24T22:00:00Z"), ms("2026-10-25T23:00:00Z")]);
+        let b = Buckets::new(
+            Granularity::Day,
+            &berlin,
+            ms("2026-10-24T22:00:00Z"),
+            ms("2026-10-26T23:00:00Z"),
+        )
+        .unwrap();
+        assert_eq!(
+            b.starts,
+            vec![ms("2026-10-24T22:00:00Z"), ms("2026-10-25T23:00:00Z")]
+        );
         assert_eq!(b.starts[1] - b.starts[0], 25 * 3_600_000);
         // Local midnights are whole hours in UTC: hourly slots never straddle them.
         assert_eq!(b.slot_ms(), 3_600_000);
-        assert_eq!(b.date_of(ms("2026-10-25T22:59:59Z")), Some(date("2026-10-25")));
-        assert_eq!(b.date_of(ms("2026-10-25T23:00:00Z")), Some(date("2026-10-26")));
+        assert_eq!(
+            b.date_of(ms("2026-10-25T22:59:59Z")),
+            Some(date("2026-10-25"))
+        );
+        assert_eq!(
+            b.date_of(ms("2026-10-25T23:00:00Z")),
+            Some(date("2026-10-26"))
+        );
     }
 
     #[test]
     fn half_hour_offsets_get_quarter_hour_slots() {
         let kolkata = TimeZone::get("Asia/Kolkata").unwrap();
-        let b = Buckets::new(Granularity::Day, &kolkata, ms("2026-11-01T00:00:00Z"), ms("2026-11-03T00:00:00Z")).unwrap();
+        let b = Buckets::new(
+            Granularity::Day,
+            &kolkata,
+            ms("2026-11-01T00:00:00Z"),
+            ms("2026-11-03T00:00:00Z"),
+        )
+        .unwrap();
         assert_eq!(b.slot_ms(), 900_000);
-        assert_eq!(b.date_of(ms("2026-11-01T18:29:59Z")), Some(date("2026-11-01")));
-        assert_eq!(b.date_of(ms("2026-11-01T18:30:00Z")), Some(date("2026-11-02")));
+        assert_eq!(
+            b.date_of(ms("2026-11-01T18:29:59Z")),
+            Some(date("2026-11-01"))
+        );
+        assert_eq!(
+            b.date_of(ms("2026-11-01T18:30:00Z")),
+            Some(date("2026-11-02"))
+        );
     }
 
     #[test]
     fn weeks_start_on_monday_and_months_on_the_first() {
         // 2026-11-22 is a Sunday.
-        let w = Buckets::new(Granularity::Week, &TimeZone::UTC, ms("2026-11-22T12:00:00Z"), ms("2026-11-24T00:00:00Z")).unwrap();
+        let w = Buckets::new(
+            Granularity::Week,
+            &TimeZone::UTC,
+            ms("2026-11-22T12:00:00Z"),
+            ms("2026-11-24T00:00:00Z"),
+        )
+        .unwrap();
         assert_eq!(w.dates, vec![date("2026-11-16"), date("2026-11-23")]);
-        let m = Buckets::new(Granularity::Month, &TimeZone::UTC, ms("2026-11-15T00:00:00Z"), ms("2027-01-01T00:00:00Z")).unwrap();
+        let m = Buckets::new(
+            Granularity::Month,
+            &TimeZone::UTC,
+            ms("2026-11-15T00:00:00Z"),
+            ms("2027-01-01T00:00:00Z"),
+        )
+        .unwrap();
         assert_eq!(m.dates, vec![date("2026-11-01"), date("2026-12-01")]);
     }
 
@@ -547,7 +647,12 @@ mod tests {
         let (start, end) = period_bounds(period, ms("2026-11-22T00:00:00Z"), &berlin).unwrap();
         assert_eq!(start, ms("2026-10-31T23:00:00Z"));
         assert_eq!(end, ms("2026-11-30T23:00:00Z"));
-        let window = Period::Window { window_seconds: 3_600 };
-        assert_eq!(period_bounds(window, ms("2026-11-22T00:30:00Z"), &berlin), Some((ms("2026-11-22T00:00:00Z"), ms("2026-11-22T01:00:00Z"))));
+        let window = Period::Window {
+            window_seconds: 3_600,
+        };
+        assert_eq!(
+            period_bounds(window, ms("2026-11-22T00:30:00Z"), &berlin),
+            Some((ms("2026-11-22T00:00:00Z"), ms("2026-11-22T01:00:00Z")))
+        );
     }
 }

@@ -121,7 +121,9 @@ pub struct TenantUpdate {
 mod serde_with_none {
     use serde::{Deserialize, Deserializer};
 
-    pub fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+        d: D,
+    ) -> Result<Option<Option<T>>, D::Error> {
         Option::<T>::deserialize(d).map(Some)
     }
 }
@@ -152,12 +154,20 @@ const MAX_LIMIT: u64 = 1_000_000_000_000;
 /// Checks a tenant slug.
 pub fn validate_slug(field: &str, id: &str) -> Result<(), Invalid> {
     let ok = (1..=63).contains(&id.len())
-        && id.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        && id
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
     if ok {
         Ok(())
     } else {
-        Err(Invalid::new(field, "must be 1-63 characters of a-z, 0-9, '-' and '_', starting with a letter or digit"))
+        Err(Invalid::new(
+            field,
+            "must be 1-63 characters of a-z, 0-9, '-' and '_', starting with a letter or digit",
+        ))
     }
 }
 
@@ -172,28 +182,43 @@ pub fn validate_text(field: &str, value: &str, max: usize) -> Result<(), Invalid
 
 /// Checks an ISO 4217 code.
 pub fn validate_currency(field: &str, value: &str) -> Result<(), Invalid> {
-    value.parse::<Currency>().map(|_| ()).map_err(|e| Invalid::new(field, e))
+    value
+        .parse::<Currency>()
+        .map(|_| ())
+        .map_err(|e| Invalid::new(field, e))
 }
 
 /// Checks an IANA timezone name.
 pub fn validate_timezone(field: &str, value: &str) -> Result<(), Invalid> {
-    jiff::tz::TimeZone::get(value)
-        .map(|_| ())
-        .map_err(|_| Invalid::new(field, format!("'{value}' is not an IANA timezone (e.g. Europe/Berlin)")))
+    jiff::tz::TimeZone::get(value).map(|_| ()).map_err(|_| {
+        Invalid::new(
+            field,
+            format!("'{value}' is not an IANA timezone (e.g. Europe/Berlin)"),
+        )
+    })
 }
 
 impl Plan {
     /// Checks bounds on every entry.
     pub fn validate(&self, field: &str) -> Result<(), Invalid> {
         if self.requests.len() > MAX_PLAN_ENTRIES || self.tokens.len() > MAX_PLAN_ENTRIES {
-            return Err(Invalid::new(field, format!("at most {MAX_PLAN_ENTRIES} request and {MAX_PLAN_ENTRIES} token limits")));
+            return Err(Invalid::new(
+                field,
+                format!("at most {MAX_PLAN_ENTRIES} request and {MAX_PLAN_ENTRIES} token limits"),
+            ));
         }
         let check = |path: String, window: u64, limit: u64| {
             if !(1..=MAX_WINDOW_SECONDS).contains(&window) {
-                return Err(Invalid::new(format!("{path}.window_seconds"), format!("must be 1-{MAX_WINDOW_SECONDS}")));
+                return Err(Invalid::new(
+                    format!("{path}.window_seconds"),
+                    format!("must be 1-{MAX_WINDOW_SECONDS}"),
+                ));
             }
             if limit > MAX_LIMIT {
-                return Err(Invalid::new(format!("{path}.limit"), format!("must be at most {MAX_LIMIT}")));
+                return Err(Invalid::new(
+                    format!("{path}.limit"),
+                    format!("must be at most {MAX_LIMIT}"),
+                ));
             }
             Ok(())
         };
@@ -257,7 +282,8 @@ pub struct TenantFilter {
     pub offset: i64,
 }
 
-const TENANT_COLUMNS: &str = "id, name, status, cost_centre, currency, timezone, plan, created_at, updated_at";
+const TENANT_COLUMNS: &str =
+    "id, name, status, cost_centre, currency, timezone, plan, created_at, updated_at";
 
 fn tenant_from_row(row: &AnyRow, models: Vec<String>) -> Result<Tenant, LedgerError> {
     let plan: String = row.try_get("plan")?;
@@ -295,7 +321,16 @@ impl Ledger {
         .await
         .map_err(|e| LedgerError::conflict_on_unique(e, || format!("tenant '{}' already exists", new.id)))?;
         let tenant = tenant_in(&mut tx, &new.id).await?;
-        audit::record(&mut tx, now, actor, "tenant.create", ("tenant", &new.id), None::<&Tenant>, Some(&tenant)).await?;
+        audit::record(
+            &mut tx,
+            now,
+            actor,
+            "tenant.create",
+            ("tenant", &new.id),
+            None::<&Tenant>,
+            Some(&tenant),
+        )
+        .await?;
         self.commit_change(tx).await?;
         Ok(tenant)
     }
@@ -346,9 +381,13 @@ impl Ledger {
         .await
     }
 
-
     /// Applies `update` to a tenant.
-    pub async fn update_tenant(&self, actor: &str, id: &str, update: &TenantUpdate) -> Result<Tenant, LedgerError> {
+    pub async fn update_tenant(
+        &self,
+        actor: &str,
+        id: &str,
+        update: &TenantUpdate,
+    ) -> Result<Tenant, LedgerError> {
         let now = self.now_ms();
         let mut tx = self.begin().await?;
         let before = tenant_in(&mut tx, id).await?;
@@ -371,7 +410,16 @@ impl Ledger {
         .execute(&mut *tx)
         .await?;
         let after = tenant_in(&mut tx, id).await?;
-        audit::record(&mut tx, now, actor, "tenant.update", ("tenant", id), Some(&before), Some(&after)).await?;
+        audit::record(
+            &mut tx,
+            now,
+            actor,
+            "tenant.update",
+            ("tenant", id),
+            Some(&before),
+            Some(&after),
+        )
+        .await?;
         self.commit_change(tx).await?;
         Ok(after)
     }
@@ -393,19 +441,25 @@ impl Ledger {
 }
 
 /// Reads a tenant inside a transaction.
-pub async fn tenant_in(tx: &mut Transaction<'static, Any>, id: &str) -> Result<Tenant, LedgerError> {
-    let row = sqlx::query(&format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(&mut **tx)
-        .await?
-        .ok_or_else(|| LedgerError::NotFound {
-            entity: "tenant",
-            id: id.to_owned(),
-        })?;
-    let models = sqlx::query_scalar("SELECT model FROM model_access WHERE tenant_id = $1 ORDER BY model")
-        .bind(id)
-        .fetch_all(&mut **tx)
-        .await?;
+pub async fn tenant_in(
+    tx: &mut Transaction<'static, Any>,
+    id: &str,
+) -> Result<Tenant, LedgerError> {
+    let row = sqlx::query(&format!(
+        "SELECT {TENANT_COLUMNS} FROM tenants WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or_else(|| LedgerError::NotFound {
+        entity: "tenant",
+        id: id.to_owned(),
+    })?;
+    let models =
+        sqlx::query_scalar("SELECT model FROM model_access WHERE tenant_id = $1 ORDER BY model")
+            .bind(id)
+            .fetch_all(&mut **tx)
+            .await?;
     tenant_from_row(&row, models)
 }
 
@@ -423,7 +477,10 @@ pub async fn set_status_in(
         return Err(LedgerError::Conflict(format!(
             "tenant '{id}' is {}; this needs it to be {}",
             before.status.as_str(),
-            from.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" or ")
+            from.iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(" or ")
         )));
     }
     sqlx::query("UPDATE tenants SET status = $1, updated_at = $2 WHERE id = $3")
@@ -433,7 +490,16 @@ pub async fn set_status_in(
         .execute(&mut **tx)
         .await?;
     let after = tenant_in(tx, id).await?;
-    audit::record(tx, now, actor, &format!("tenant.{}", to.as_str()), ("tenant", id), Some(&before), Some(&after)).await?;
+    audit::record(
+        tx,
+        now,
+        actor,
+        &format!("tenant.{}", to.as_str()),
+        ("tenant", id),
+        Some(&before),
+        Some(&after),
+    )
+    .await?;
     Ok(after)
 }
 
@@ -457,6 +523,15 @@ pub async fn grant_model_in(
         .execute(&mut **tx)
         .await?;
     let after = tenant_in(tx, tenant).await?;
-    audit::record(tx, now, actor, "tenant.grant_model", ("tenant", tenant), Some(&before), Some(&after)).await?;
+    audit::record(
+        tx,
+        now,
+        actor,
+        "tenant.grant_model",
+        ("tenant", tenant),
+        Some(&before),
+        Some(&after),
+    )
+    .await?;
     Ok(())
 }

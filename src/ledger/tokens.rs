@@ -37,7 +37,9 @@ impl Role {
 
     /// Parses a stored or typed name.
     pub fn parse(s: &str) -> Option<Role> {
-        [Role::Admin, Role::Approver, Role::Finance, Role::Tenant].into_iter().find(|r| r.as_str() == s)
+        [Role::Admin, Role::Approver, Role::Finance, Role::Tenant]
+            .into_iter()
+            .find(|r| r.as_str() == s)
     }
 }
 
@@ -71,8 +73,13 @@ impl NewToken {
         validate_text("name", &self.name, 100)?;
         match (&self.tenant_id, self.role) {
             (Some(t), Role::Tenant) => validate_slug("tenant_id", t),
-            (None, Role::Tenant) => Err(Invalid::new("tenant_id", "is required for the tenant role")),
-            (Some(_), _) => Err(Invalid::new("tenant_id", "is only allowed for the tenant role")),
+            (None, Role::Tenant) => {
+                Err(Invalid::new("tenant_id", "is required for the tenant role"))
+            }
+            (Some(_), _) => Err(Invalid::new(
+                "tenant_id",
+                "is only allowed for the tenant role",
+            )),
             (None, _) => Ok(()),
         }
     }
@@ -89,14 +96,20 @@ pub struct CreatedToken {
 
 /// The hash stored for a secret.
 pub fn hash_secret(secret: &str) -> String {
-    Sha256::digest(secret.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(secret.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// A new secret: `tg_` and 256 random bits in hex.
 fn new_secret() -> String {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
-    format!("tg_{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+    format!(
+        "tg_{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
 }
 
 const TOKEN_COLUMNS: &str = "id, name, role, tenant_id, created_at, created_by, revoked_at";
@@ -115,7 +128,12 @@ fn token_from_row(row: &AnyRow) -> Result<ApiToken, LedgerError> {
 
 impl Ledger {
     /// Creates a token; `secret` is given only to seed a bootstrap token from settings.
-    pub async fn create_token(&self, actor: &str, new: &NewToken, secret: Option<&str>) -> Result<CreatedToken, LedgerError> {
+    pub async fn create_token(
+        &self,
+        actor: &str,
+        new: &NewToken,
+        secret: Option<&str>,
+    ) -> Result<CreatedToken, LedgerError> {
         let now = self.now_ms();
         let secret = secret.map_or_else(new_secret, str::to_owned);
         let id = new_id();
@@ -140,12 +158,23 @@ impl Ledger {
             },
             _ => LedgerError::conflict_on_unique(e, || "a token with this secret already exists".to_owned()),
         })?;
-        let row = sqlx::query(&format!("SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE id = $1"))
-            .bind(&id)
-            .fetch_one(&mut *tx)
-            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE id = $1"
+        ))
+        .bind(&id)
+        .fetch_one(&mut *tx)
+        .await?;
         let token = token_from_row(&row)?;
-        audit::record(&mut tx, now, actor, "token.create", ("token", &id), None::<&ApiToken>, Some(&token)).await?;
+        audit::record(
+            &mut tx,
+            now,
+            actor,
+            "token.create",
+            ("token", &id),
+            None::<&ApiToken>,
+            Some(&token),
+        )
+        .await?;
         tx.commit().await?;
         Ok(CreatedToken { token, secret })
     }
@@ -175,7 +204,9 @@ impl Ledger {
 
     /// How many tokens exist, revoked or not.
     pub async fn token_count(&self) -> Result<i64, LedgerError> {
-        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM api_tokens").fetch_one(self.pool()).await?)
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM api_tokens")
+            .fetch_one(self.pool())
+            .await?)
     }
 
     /// Revokes a token; revoking twice is a conflict.
@@ -195,7 +226,9 @@ impl Ledger {
                 id: id.to_owned(),
             })?;
         if before.revoked_at.is_some() {
-            return Err(LedgerError::Conflict(format!("token '{id}' is already revoked")));
+            return Err(LedgerError::Conflict(format!(
+                "token '{id}' is already revoked"
+            )));
         }
         sqlx::query("UPDATE api_tokens SET revoked_at = $1 WHERE id = $2")
             .bind(now)
@@ -203,7 +236,16 @@ impl Ledger {
             .execute(&mut *tx)
             .await?;
         let after = token_from_row(&sqlx::query(&query).bind(id).fetch_one(&mut *tx).await?)?;
-        audit::record(&mut tx, now, actor, "token.revoke", ("token", id), Some(&before), Some(&after)).await?;
+        audit::record(
+            &mut tx,
+            now,
+            actor,
+            "token.revoke",
+            ("token", id),
+            Some(&before),
+            Some(&after),
+        )
+        .await?;
         tx.commit().await?;
         Ok(after)
     }

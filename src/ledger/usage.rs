@@ -59,7 +59,10 @@ impl UsageEvent {
     /// types and sessions come from Envoy descriptors), strict about numbers.
     pub fn validate(&self) -> Result<(), Invalid> {
         if self.request_id.is_empty() || self.request_id.len() > MAX_REQUEST_ID {
-            return Err(Invalid::new("request_id", format!("must be 1-{MAX_REQUEST_ID} bytes")));
+            return Err(Invalid::new(
+                "request_id",
+                format!("must be 1-{MAX_REQUEST_ID} bytes"),
+            ));
         }
         validate_slug("tenant_id", &self.tenant_id)?;
         if let Some(session) = &self.session_id {
@@ -74,26 +77,46 @@ impl UsageEvent {
         validate_time("occurred_at", self.occurred_at)?;
         validate_currency("currency", &self.currency)?;
         if self.lines.len() > MAX_LINES {
-            return Err(Invalid::new("lines", format!("at most {MAX_LINES} token types")));
+            return Err(Invalid::new(
+                "lines",
+                format!("at most {MAX_LINES} token types"),
+            ));
         }
         let mut total: i64 = 0;
         for (i, line) in self.lines.iter().enumerate() {
             if line.token_type.is_empty() || line.token_type.len() > MAX_TOKEN_TYPE {
-                return Err(Invalid::new(format!("lines[{i}].token_type"), format!("must be 1-{MAX_TOKEN_TYPE} bytes")));
+                return Err(Invalid::new(
+                    format!("lines[{i}].token_type"),
+                    format!("must be 1-{MAX_TOKEN_TYPE} bytes"),
+                ));
             }
-            if self.lines[..i].iter().any(|l| l.token_type == line.token_type) {
-                return Err(Invalid::new(format!("lines[{i}].token_type"), "each token type appears once per event"));
+            if self.lines[..i]
+                .iter()
+                .any(|l| l.token_type == line.token_type)
+            {
+                return Err(Invalid::new(
+                    format!("lines[{i}].token_type"),
+                    "each token type appears once per event",
+                ));
             }
             if line.tokens > i64::MAX as u64 {
                 return Err(Invalid::new(format!("lines[{i}].tokens"), "is too large"));
             }
             if !(0..=MAX_MICROS).contains(&line.cost_micros) {
-                return Err(Invalid::new(format!("lines[{i}].cost_micros"), format!("must be 0-{MAX_MICROS}")));
+                return Err(Invalid::new(
+                    format!("lines[{i}].cost_micros"),
+                    format!("must be 0-{MAX_MICROS}"),
+                ));
             }
             total = total
                 .checked_add(line.cost_micros)
                 .filter(|t| *t <= MAX_MICROS)
-                .ok_or_else(|| Invalid::new("lines", "the event's cost is larger than the largest amount accepted"))?;
+                .ok_or_else(|| {
+                    Invalid::new(
+                        "lines",
+                        "the event's cost is larger than the largest amount accepted",
+                    )
+                })?;
         }
         Ok(())
     }
@@ -121,7 +144,10 @@ pub struct PricedUsage {
 
 /// Prices each `(token_type, tokens)` with `price_of(token_type)` (micro-units per million
 /// tokens, `None` when there is no price), rounding each line once.
-pub fn price_lines(tokens: &[(String, u64)], mut price_of: impl FnMut(&str) -> Option<i64>) -> PricedUsage {
+pub fn price_lines(
+    tokens: &[(String, u64)],
+    mut price_of: impl FnMut(&str) -> Option<i64>,
+) -> PricedUsage {
     let mut priced = PricedUsage::default();
     for (token_type, count) in tokens {
         let cost = match price_of(token_type) {
@@ -186,7 +212,10 @@ impl NewAdjustment {
         match self.kind {
             _ if micros == 0 => return Err(Invalid::new("amount", "must not be zero")),
             AdjustmentKind::Grant if micros > 0 => {
-                return Err(Invalid::new("amount", "a grant is a credit: a negative amount (e.g. \"-5.00\")"));
+                return Err(Invalid::new(
+                    "amount",
+                    "a grant is a credit: a negative amount (e.g. \"-5.00\")",
+                ));
             }
             _ => {}
         }
@@ -275,7 +304,12 @@ impl Ledger {
 
     /// Records a grant or adjustment (`micros` from [`NewAdjustment::validate`]) in the
     /// tenant's currency, with its audit entry.
-    pub async fn record_adjustment(&self, actor: &str, new: &NewAdjustment, micros: i64) -> Result<Adjustment, LedgerError> {
+    pub async fn record_adjustment(
+        &self,
+        actor: &str,
+        new: &NewAdjustment,
+        micros: i64,
+    ) -> Result<Adjustment, LedgerError> {
         let now = self.now_ms();
         let occurred_at = new.occurred_at.unwrap_or(now).clamp(0, MAX_TIME_MS);
         let mut tx = self.begin().await?;
@@ -308,14 +342,27 @@ impl Ledger {
             recorded_at: now,
         };
         let action = format!("ledger.{}", new.kind.as_str());
-        audit::record(&mut tx, now, actor, &action, ("ledger_entry", &id), None::<&Adjustment>, Some(&adjustment)).await?;
+        audit::record(
+            &mut tx,
+            now,
+            actor,
+            &action,
+            ("ledger_entry", &id),
+            None::<&Adjustment>,
+            Some(&adjustment),
+        )
+        .await?;
         tx.commit().await?;
         Ok(adjustment)
     }
 }
 
 /// Inserts one event unless its request id is recorded; whether it was new.
-async fn insert_event(tx: &mut Transaction<'static, Any>, now: i64, event: &UsageEvent) -> Result<bool, LedgerError> {
+async fn insert_event(
+    tx: &mut Transaction<'static, Any>,
+    now: i64,
+    event: &UsageEvent,
+) -> Result<bool, LedgerError> {
     let id = new_id();
     // Both PostgreSQL and SQLite take this form; only the request id's uniqueness is
     // ignored, any other failure still surfaces.
@@ -401,12 +448,20 @@ mod tests {
 
     #[test]
     fn an_event_needs_sane_numbers_and_one_line_per_token_type() {
-        assert!(event(vec![line("input", 1, 1), line("output", 1, 1)]).validate().is_ok());
-        let twice = event(vec![line("input", 1, 1), line("input", 2, 2)]).validate().unwrap_err();
+        assert!(
+            event(vec![line("input", 1, 1), line("output", 1, 1)])
+                .validate()
+                .is_ok()
+        );
+        let twice = event(vec![line("input", 1, 1), line("input", 2, 2)])
+            .validate()
+            .unwrap_err();
         assert_eq!(twice.field, "lines[1].token_type");
         let negative = event(vec![line("input", 1, -1)]).validate().unwrap_err();
         assert_eq!(negative.field, "lines[0].cost_micros");
-        let huge = event(vec![line("input", u64::MAX, 0)]).validate().unwrap_err();
+        let huge = event(vec![line("input", u64::MAX, 0)])
+            .validate()
+            .unwrap_err();
         assert_eq!(huge.field, "lines[0].tokens");
         let mut no_id = event(vec![]);
         no_id.request_id.clear();
@@ -432,9 +487,27 @@ mod tests {
             model: None,
             occurred_at: None,
         };
-        assert_eq!(new(AdjustmentKind::Grant, "-5.00").validate(), Ok(-5_000_000));
-        assert_eq!(new(AdjustmentKind::Grant, "5.00").validate().unwrap_err().field, "amount");
-        assert_eq!(new(AdjustmentKind::Adjustment, "5.00").validate(), Ok(5_000_000));
-        assert_eq!(new(AdjustmentKind::Adjustment, "0").validate().unwrap_err().field, "amount");
+        assert_eq!(
+            new(AdjustmentKind::Grant, "-5.00").validate(),
+            Ok(-5_000_000)
+        );
+        assert_eq!(
+            new(AdjustmentKind::Grant, "5.00")
+                .validate()
+                .unwrap_err()
+                .field,
+            "amount"
+        );
+        assert_eq!(
+            new(AdjustmentKind::Adjustment, "5.00").validate(),
+            Ok(5_000_000)
+        );
+        assert_eq!(
+            new(AdjustmentKind::Adjustment, "0")
+                .validate()
+                .unwrap_err()
+                .field,
+            "amount"
+        );
     }
 }

@@ -40,7 +40,11 @@ pub fn charge(before: u64, hits: u64, limit: u64, near_threshold: u64) -> Charge
         }
     } else {
         let near = if after > near_threshold {
-            if before >= near_threshold { hits } else { after - near_threshold }
+            if before >= near_threshold {
+                hits
+            } else {
+                after - near_threshold
+            }
         } else {
             0
         };
@@ -69,13 +73,25 @@ mod tests {
     #[test]
     fn hits_below_the_threshold_are_only_within() {
         let c = charge(0, 1, 10, 8);
-        assert_eq!((c.code, c.remaining, c.within_limit, c.near_limit, c.over_limit), (Code::Ok, 9, 1, 0, 0));
+        assert_eq!(
+            (
+                c.code,
+                c.remaining,
+                c.within_limit,
+                c.near_limit,
+                c.over_limit
+            ),
+            (Code::Ok, 9, 1, 0, 0)
+        );
     }
 
     #[test]
     fn hits_crossing_the_threshold_count_the_part_above_it_as_near() {
         let c = charge(7, 2, 10, 8);
-        assert_eq!((c.code, c.remaining, c.within_limit, c.near_limit), (Code::Ok, 1, 2, 1));
+        assert_eq!(
+            (c.code, c.remaining, c.within_limit, c.near_limit),
+            (Code::Ok, 1, 2, 1)
+        );
     }
 
     #[test]
@@ -94,7 +110,10 @@ mod tests {
     #[test]
     fn already_over_counts_every_hit_as_over() {
         let c = charge(12, 3, 10, 8);
-        assert_eq!((c.code, c.remaining, c.over_limit, c.near_limit), (Code::OverLimit, 0, 3, 0));
+        assert_eq!(
+            (c.code, c.remaining, c.over_limit, c.near_limit),
+            (Code::OverLimit, 0, 3, 0)
+        );
     }
 
     #[test]

@@ -15,9 +15,11 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
-pub use self::request::{Code, CurrentLimit, DecideError, Decision, Descriptor, LimitOverride, Request, Status};
-use self::window::Window;
 use self::quota::{Charges, Checked, QuotaPeriod, Refusal};
+pub use self::request::{
+    Code, CurrentLimit, DecideError, Decision, Descriptor, LimitOverride, Request, Status,
+};
+use self::window::Window;
 use crate::clock::SharedClock;
 use crate::policy::{self, CurrentPolicy};
 use crate::rules::tree::{Algorithm, Period};
@@ -154,9 +156,15 @@ struct Verdict {
 
 impl Limiter {
     /// A limiter over the given rules and store.
-    pub fn new(rules: CurrentRules, store: Store, clock: SharedClock, metrics: Metrics, options: LimiterOptions) -> Self {
-        let over_limit_cache =
-            (options.local_cache_size > 0).then(|| quick_cache::sync::Cache::new(options.local_cache_size));
+    pub fn new(
+        rules: CurrentRules,
+        store: Store,
+        clock: SharedClock,
+        metrics: Metrics,
+        options: LimiterOptions,
+    ) -> Self {
+        let over_limit_cache = (options.local_cache_size > 0)
+            .then(|| quick_cache::sync::Cache::new(options.local_cache_size));
         Self {
             rules,
             store,
@@ -200,13 +208,18 @@ impl Limiter {
         let rules = self.rules.load_full().ok_or(DecideError::NoRules)?;
         let Some(domain) = rules.domain(request.domain) else {
             let n = request.descriptors.len();
-            self.metrics.domain_not_found(request.domain).increment(n as u64);
+            self.metrics
+                .domain_not_found(request.domain)
+                .increment(n as u64);
             return Ok(self.finish(request, &[], vec![Status::default(); n]));
         };
         // Quota domains check tenants first; the snapshot is only borrowed while they do.
         // A quota domain holds the snapshot for the whole call: its compiled limits are
         // planned and judged below without copying them.
-        let policy = domain.quota.as_ref().map(|keys| (keys, self.policy.load_full()));
+        let policy = domain
+            .quota
+            .as_ref()
+            .map(|keys| (keys, self.policy.load_full()));
         let mut applied = Vec::with_capacity(request.descriptors.len());
         let mut charges: Vec<Charges<'_, '_>> = Vec::new();
         for (index, d) in request.descriptors.iter().enumerate() {
@@ -256,14 +269,23 @@ impl Limiter {
             .iter()
             .zip(&request.descriptors)
             .map(|(c, descriptor)| {
-                let keys = domain.quota.as_ref().expect("charges only in quota domains");
+                let keys = domain
+                    .quota
+                    .as_ref()
+                    .expect("charges only in quota domains");
                 c.limits
                     .iter()
-                    .map(|limit| self.plan_quota(request, descriptor, keys, c, limit, now, &mut updates))
+                    .map(|limit| {
+                        self.plan_quota(request, descriptor, keys, c, limit, now, &mut updates)
+                    })
                     .collect()
             })
             .collect();
-        let befores = if updates.is_empty() { Vec::new() } else { self.apply(&updates).await? };
+        let befores = if updates.is_empty() {
+            Vec::new()
+        } else {
+            self.apply(&updates).await?
+        };
 
         // The first refused descriptor's explanation becomes the raw body.
         let mut explanation: Option<(String, bool)> = None;
@@ -275,16 +297,23 @@ impl Limiter {
             .enumerate()
             .map(|(i, ((descriptor, applied), plans))| {
                 let status = match applied {
-                Applied::Free => Status::default(),
-                Applied::Refused(refusal) => refusal.status(),
-                Applied::Unlimited => Status {
-                    limit_remaining: u32::MAX,
-                    ..Status::default()
-                },
-                Applied::Limited(limited) => {
-                    let hits = hits_of(request, descriptor);
-                    self.judge(descriptor.is_negative_hits, hits, limited, plans, &befores, &updates)
-                }
+                    Applied::Free => Status::default(),
+                    Applied::Refused(refusal) => refusal.status(),
+                    Applied::Unlimited => Status {
+                        limit_remaining: u32::MAX,
+                        ..Status::default()
+                    },
+                    Applied::Limited(limited) => {
+                        let hits = hits_of(request, descriptor);
+                        self.judge(
+                            descriptor.is_negative_hits,
+                            hits,
+                            limited,
+                            plans,
+                            &befores,
+                            &updates,
+                        )
+                    }
                 };
                 if let Some(refusal) = applied.refusal() {
                     explanation.get_or_insert_with(|| (refusal.body(), true));
@@ -310,7 +339,9 @@ impl Limiter {
             decision.raw_body = Some(body);
             if json {
                 // Envoy lets this replace the text/plain of its local reply.
-                decision.response_headers.push(("content-type".into(), "application/json".into()));
+                decision
+                    .response_headers
+                    .push(("content-type".into(), "application/json".into()));
             }
         }
         Ok(decision)
@@ -329,16 +360,33 @@ impl Limiter {
         updates: &mut Vec<CounterUpdate>,
     ) -> Plan {
         let tenant = (keys.tenant.as_str(), charges.tenant);
-        let session = charges.session.filter(|_| limit.per_session).map(|s| (keys.session.as_str(), s));
+        let session = charges
+            .session
+            .filter(|_| limit.per_session)
+            .map(|s| (keys.session.as_str(), s));
         let entries = std::iter::once(tenant).chain(session);
         let prefix = &self.options.key_prefix;
         // Soft limits count every hit; hard ones stop at the limit when the option says so.
-        let cap = (limit.hard && self.options.stop_incrementing_when_over_limit).then_some(limit.limit);
+        let cap =
+            (limit.hard && self.options.stop_incrementing_when_over_limit).then_some(limit.limit);
         let (key, kind, until_reset) = match limit.period {
             QuotaPeriod::Window(seconds) => {
                 let window = Window::containing(now.secs, seconds);
-                let key = keys::counter_key(prefix, request.domain, entries, &limit.tag, Some(window.start));
-                (key, CounterKind::Window { ttl_secs: window.until_reset, cap }, window.until_reset)
+                let key = keys::counter_key(
+                    prefix,
+                    request.domain,
+                    entries,
+                    &limit.tag,
+                    Some(window.start),
+                );
+                (
+                    key,
+                    CounterKind::Window {
+                        ttl_secs: window.until_reset,
+                        cap,
+                    },
+                    window.until_reset,
+                )
             }
             QuotaPeriod::Session => {
                 let idle_secs = self.options.session_idle_ttl.as_secs().max(1);
@@ -346,8 +394,16 @@ impl Limiter {
                 (key, CounterKind::Idle { idle_secs, cap }, idle_secs)
             }
         };
-        updates.push(CounterUpdate { key, hits: hits_of(request, descriptor), refund: false, kind });
-        Plan { source: Source::Store(updates.len() - 1), until_reset }
+        updates.push(CounterUpdate {
+            key,
+            hits: hits_of(request, descriptor),
+            refund: false,
+            kind,
+        });
+        Plan {
+            source: Source::Store(updates.len() - 1),
+            until_reset,
+        }
     }
 
     /// Counts the hits in the statistics and lays out the store update for one limit.
@@ -369,7 +425,13 @@ impl Limiter {
         }
         let prefix = &self.options.key_prefix;
         let key_for = |start: Option<u64>| {
-            keys::counter_key(prefix, request.domain, limited.key_entries.iter().copied(), &limit.key_tag, start)
+            keys::counter_key(
+                prefix,
+                request.domain,
+                limited.key_entries.iter().copied(),
+                &limit.key_tag,
+                start,
+            )
         };
         let window = Window::of(&limit.period, now.secs);
         let rpu = u64::from(limit.requests_per_unit);
@@ -377,15 +439,27 @@ impl Limiter {
             Algorithm::FixedWindow => {
                 let key = key_for(Some(window.start));
                 let cached_over = !descriptor.is_negative_hits
-                    && self.over_limit_cache.as_ref().is_some_and(|c| c.get(&key).is_some());
+                    && self
+                        .over_limit_cache
+                        .as_ref()
+                        .is_some_and(|c| c.get(&key).is_some());
                 if cached_over {
                     return Plan {
                         source: Source::KnownOverLimit,
                         until_reset: window.until_reset,
                     };
                 }
-                let cap = self.options.stop_incrementing_when_over_limit.then_some(rpu);
-                (key, CounterKind::Window { ttl_secs: window.until_reset, cap })
+                let cap = self
+                    .options
+                    .stop_incrementing_when_over_limit
+                    .then_some(rpu);
+                (
+                    key,
+                    CounterKind::Window {
+                        ttl_secs: window.until_reset,
+                        cap,
+                    },
+                )
             }
             Algorithm::SlidingWindow => {
                 let length = limit.fixed_seconds().unwrap_or(1);
@@ -468,7 +542,15 @@ impl Limiter {
     }
 
     /// One limit's answer, with its statistics.
-    fn verdict(&self, refund: bool, hits: u64, limit: &Limit, plan: &Plan, befores: &[u64], updates: &[CounterUpdate]) -> Verdict {
+    fn verdict(
+        &self,
+        refund: bool,
+        hits: u64,
+        limit: &Limit,
+        plan: &Plan,
+        befores: &[u64],
+        updates: &[CounterUpdate],
+    ) -> Verdict {
         let stats = &limit.stats;
         let capacity = match limit.algorithm {
             Algorithm::TokenBucket { burst } => burst,
@@ -490,9 +572,10 @@ impl Limiter {
         let before = befores[update];
         let until_reset = |in_use: u64| match limit.algorithm {
             // A bucket "resets" when it is full again.
-            Algorithm::TokenBucket { .. } => {
-                (u128::from(in_use) * u128::from(bucket_interval_us(limit))).div_ceil(1_000_000).max(1) as u64
-            }
+            Algorithm::TokenBucket { .. } => (u128::from(in_use)
+                * u128::from(bucket_interval_us(limit)))
+            .div_ceil(1_000_000)
+            .max(1) as u64,
             _ => plan.until_reset,
         };
         if refund {
@@ -515,7 +598,11 @@ impl Limiter {
                 cache.insert(updates[update].key.clone(), ());
             }
         }
-        let in_use = if charge.code == Code::Ok { before + hits } else { before };
+        let in_use = if charge.code == Code::Ok {
+            before + hits
+        } else {
+            before
+        };
         Verdict {
             code: charge.code,
             remaining: charge.remaining,
@@ -525,7 +612,12 @@ impl Limiter {
     }
 
     async fn apply(&self, updates: &[CounterUpdate]) -> Result<Vec<u64>, DecideError> {
-        let outcome = match tokio::time::timeout(self.options.store_deadline, self.store.apply(updates)).await {
+        let outcome = match tokio::time::timeout(
+            self.options.store_deadline,
+            self.store.apply(updates),
+        )
+        .await
+        {
             Ok(outcome) => outcome,
             Err(_) => Err(StoreError::Timeout(self.options.store_deadline)),
         };
@@ -536,13 +628,26 @@ impl Limiter {
     }
 
     /// Finds the limits for one descriptor: the request's override, else the tree's.
-    fn resolve<'r>(&self, domain: &'r Domain, descriptor: &Descriptor<'r>, index: usize) -> Result<Applied<'r>, DecideError> {
+    fn resolve<'r>(
+        &self,
+        domain: &'r Domain,
+        descriptor: &Descriptor<'r>,
+        index: usize,
+    ) -> Result<Applied<'r>, DecideError> {
         if let Some(limit) = descriptor.limit {
-            let unit = limit.unit.ok_or(DecideError::UnknownOverrideUnit { index })?;
+            let unit = limit
+                .unit
+                .ok_or(DecideError::UnknownOverrideUnit { index })?;
             let path: Vec<String> = descriptor
                 .entries
                 .iter()
-                .map(|&(k, v)| if v.is_empty() { k.to_owned() } else { format!("{k}_{v}") })
+                .map(|&(k, v)| {
+                    if v.is_empty() {
+                        k.to_owned()
+                    } else {
+                        format!("{k}_{v}")
+                    }
+                })
                 .collect();
             let limit = Limit {
                 requests_per_unit: limit.requests_per_unit,
@@ -603,13 +708,35 @@ impl Limiter {
     }
 
     /// Overall code, headers and metadata around the statuses.
-    fn finish(&self, request: &Request<'_>, nodes: &[Option<&Node>], statuses: Vec<Status>) -> Decision {
-        let is_quota = |i: usize| nodes.get(i).copied().flatten().is_some_and(|n| n.quota_mode);
+    fn finish(
+        &self,
+        request: &Request<'_>,
+        nodes: &[Option<&Node>],
+        statuses: Vec<Status>,
+    ) -> Decision {
+        let is_quota = |i: usize| {
+            nodes
+                .get(i)
+                .copied()
+                .flatten()
+                .is_some_and(|n| n.quota_mode)
+        };
         let over = |s: &Status| s.code == Code::OverLimit;
-        let normal_over = statuses.iter().enumerate().any(|(i, s)| !is_quota(i) && over(s));
-        let mut quotas = statuses.iter().enumerate().filter(|(i, _)| is_quota(*i)).peekable();
+        let normal_over = statuses
+            .iter()
+            .enumerate()
+            .any(|(i, s)| !is_quota(i) && over(s));
+        let mut quotas = statuses
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| is_quota(*i))
+            .peekable();
         let quota_exhausted = quotas.peek().is_some() && quotas.all(|(_, s)| over(s));
-        let mut overall_code = if normal_over || quota_exhausted { Code::OverLimit } else { Code::Ok };
+        let mut overall_code = if normal_over || quota_exhausted {
+            Code::OverLimit
+        } else {
+            Code::Ok
+        };
         if overall_code == Code::OverLimit && self.options.global_shadow_mode {
             self.metrics.service.global_shadow_mode.increment(1);
             overall_code = Code::Ok;
@@ -620,7 +747,10 @@ impl Limiter {
             .as_ref()
             .and_then(|names| headers_for(names, &statuses, &is_quota))
             .unwrap_or_default();
-        let dynamic_metadata = self.options.dynamic_metadata.then(|| metadata_for(request, nodes, &statuses));
+        let dynamic_metadata = self
+            .options
+            .dynamic_metadata
+            .then(|| metadata_for(request, nodes, &statuses));
         Decision {
             overall_code,
             statuses,
@@ -647,7 +777,9 @@ fn judge_quota(
     }
     let mut best = rules;
     for (limit, plan) in charges.limits.iter().zip(plans) {
-        let Source::Store(update) = plan.source else { continue };
+        let Source::Store(update) = plan.source else {
+            continue;
+        };
         let before = befores[update];
         let over = before.saturating_add(hits) > limit.limit;
         let (unit, until_reset, resets_at) = match limit.period {
@@ -664,15 +796,26 @@ fn judge_quota(
             name: Some(limit.name.clone()),
         });
         if over && limit.hard {
-            let status = Status { code: Code::OverLimit, current_limit, limit_remaining: 0, duration_until_reset: until_reset };
+            let status = Status {
+                code: Code::OverLimit,
+                current_limit,
+                limit_remaining: 0,
+                duration_until_reset: until_reset,
+            };
             return (status, Some(limit.body(charges.tenant, resets_at)));
         }
         if !limit.hard {
             continue;
         }
-        let remaining = u32::try_from(limit.limit.saturating_sub(before.saturating_add(hits))).unwrap_or(u32::MAX);
+        let remaining = u32::try_from(limit.limit.saturating_sub(before.saturating_add(hits)))
+            .unwrap_or(u32::MAX);
         if best.current_limit.is_none() || remaining < best.limit_remaining {
-            best = Status { code: Code::Ok, current_limit, limit_remaining: remaining, duration_until_reset: until_reset };
+            best = Status {
+                code: Code::Ok,
+                current_limit,
+                limit_remaining: remaining,
+                duration_until_reset: until_reset,
+            };
         }
     }
     (best, None)
@@ -699,7 +842,8 @@ fn drop_replaced(applied: &mut [Applied<'_>]) {
     }
     for a in applied.iter_mut() {
         if let Applied::Limited(l) = a {
-            l.limits.retain(|limit| !limit.name.as_deref().is_some_and(|n| replaced.contains(n)));
+            l.limits
+                .retain(|limit| !limit.name.as_deref().is_some_and(|n| replaced.contains(n)));
             if l.limits.is_empty() {
                 *a = Applied::Free;
             }
@@ -738,7 +882,11 @@ fn metric_path(path: &[&Node], entries: &[(&str, &str)]) -> Option<Vec<String>> 
 
 /// `RateLimit-*` headers for the most constrained descriptor: the last over-limit
 /// non-quota one, else the one with the least remaining.
-fn headers_for(names: &HeaderNames, statuses: &[Status], is_quota: &dyn Fn(usize) -> bool) -> Option<Vec<(String, String)>> {
+fn headers_for(
+    names: &HeaderNames,
+    statuses: &[Status],
+    is_quota: &dyn Fn(usize) -> bool,
+) -> Option<Vec<(String, String)>> {
     let mut chosen: Option<&Status> = None;
     let mut least = u32::MAX;
     for (i, status) in statuses.iter().enumerate() {
@@ -756,20 +904,30 @@ fn headers_for(names: &HeaderNames, statuses: &[Status], is_quota: &dyn Fn(usize
     Some(vec![
         (names.limit.clone(), limit.requests_per_unit.to_string()),
         (names.remaining.clone(), status.limit_remaining.to_string()),
-        (names.reset.clone(), status.duration_until_reset.unwrap_or(0).to_string()),
+        (
+            names.reset.clone(),
+            status.duration_until_reset.unwrap_or(0).to_string(),
+        ),
     ])
 }
 
 /// The reference's dynamic metadata: the domain, each descriptor's `k=v` entries (with
 /// its override and addend when given), the request addend, and the config `metadata`
 /// of the descriptors that passed, merged in order with the first value winning.
-fn metadata_for(request: &Request<'_>, nodes: &[Option<&Node>], statuses: &[Status]) -> Map<String, Value> {
+fn metadata_for(
+    request: &Request<'_>,
+    nodes: &[Option<&Node>],
+    statuses: &[Status],
+) -> Map<String, Value> {
     let descriptors: Vec<Value> = request
         .descriptors
         .iter()
         .map(|d| {
             let mut out = Map::new();
-            let entries = d.entries.iter().map(|(k, v)| Value::String(format!("{k}={v}")));
+            let entries = d
+                .entries
+                .iter()
+                .map(|(k, v)| Value::String(format!("{k}={v}")));
             out.insert("entries".into(), Value::Array(entries.collect()));
             if let Some(limit) = &d.limit {
                 let unit = limit.unit.map_or("UNKNOWN", Unit::name);
@@ -806,7 +964,9 @@ fn metadata_for(request: &Request<'_>, nodes: &[Option<&Node>], statuses: &[Stat
 fn merge_first_wins(into: &mut Map<String, Value>, from: &Map<String, Value>) {
     for (k, v) in from {
         match (into.get_mut(k), v) {
-            (Some(Value::Object(existing)), Value::Object(more)) => merge_first_wins(existing, more),
+            (Some(Value::Object(existing)), Value::Object(more)) => {
+                merge_first_wins(existing, more)
+            }
             (Some(_), _) => {}
             (None, _) => {
                 into.insert(k.clone(), v.clone());

@@ -72,7 +72,13 @@ impl<'a> QuotaEntries<'a> {
     /// Reads the entries `keys` names; `None` without a tenant entry. The first entry of
     /// each key counts.
     pub fn of(keys: &QuotaKeys, descriptor: &Descriptor<'a>) -> Option<QuotaEntries<'a>> {
-        let find = |key: &str| descriptor.entries.iter().find(|(k, _)| *k == key).map(|&(_, v)| v);
+        let find = |key: &str| {
+            descriptor
+                .entries
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|&(_, v)| v)
+        };
         Some(QuotaEntries {
             tenant: find(&keys.tenant)?,
             session: find(&keys.session),
@@ -103,7 +109,6 @@ pub enum Checked<'a, 'p> {
     Usage(QuotaEntries<'a>),
 }
 
-
 impl QuotaLimit {
     /// The refusal's `raw_body` and whether it is JSON; `resets_at` is the end of the
     /// window in seconds since the epoch (windowed limits).
@@ -117,7 +122,11 @@ impl QuotaLimit {
                 };
                 let resets_at = resets_at
                     .and_then(|secs| jiff::Timestamp::from_second(i64::try_from(secs).ok()?).ok())
-                    .map(|ts| ts.to_zoned(timezone.clone()).strftime("%Y-%m-%dT%H:%M:%S%:z").to_string())
+                    .map(|ts| {
+                        ts.to_zoned(timezone.clone())
+                            .strftime("%Y-%m-%dT%H:%M:%S%:z")
+                            .to_string()
+                    })
                     .unwrap_or_default();
                 let body = format!(
                     r#"{{"error":"{RATE_LIMITED}","tenant":{},"limit":{},"window_seconds":{window},"resets_at":"{resets_at}"}}"#,
@@ -144,7 +153,10 @@ impl<'a, 'p> Admitted<'a, 'p> {
     /// module doc). Other shapes charge nothing here yet.
     pub fn charges(&self) -> Charges<'a, 'p> {
         let e = &self.entries;
-        let only_tenant = e.session.is_none() && e.model.is_none() && e.request_id.is_none() && e.estimate.is_none();
+        let only_tenant = e.session.is_none()
+            && e.model.is_none()
+            && e.request_id.is_none()
+            && e.estimate.is_none();
         let (session, limits) = match (e.session, e.model) {
             _ if only_tenant => (None, self.tenant.plan_limits()),
             // TODO(check-only budgets, reservations): the tenant+model descriptor's budget
@@ -152,7 +164,11 @@ impl<'a, 'p> Admitted<'a, 'p> {
             (Some(session), None) => (Some(session), self.tenant.session_limits()),
             _ => (None, &[][..]),
         };
-        Charges { tenant: e.tenant, session, limits }
+        Charges {
+            tenant: e.tenant,
+            session,
+            limits,
+        }
     }
 }
 
@@ -160,7 +176,10 @@ impl<'a, 'p> Admitted<'a, 'p> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal<'a> {
     /// Not in the policy (`None`), or pending or suspended.
-    TenantNotActive { tenant: &'a str, status: Option<TenantStatus> },
+    TenantNotActive {
+        tenant: &'a str,
+        status: Option<TenantStatus>,
+    },
     /// The model is not granted to the (active) tenant.
     ModelNotApproved { tenant: &'a str, model: &'a str },
 }
@@ -168,7 +187,11 @@ pub enum Refusal<'a> {
 /// Checks one descriptor of a quota domain: `None` when it carries no tenant entry (its
 /// rules apply as usual), usage when it carries the token type key, else whether it may
 /// go on to its rules.
-pub fn check<'a, 'p>(keys: &QuotaKeys, policy: &'p Policy, descriptor: &Descriptor<'a>) -> Option<Checked<'a, 'p>> {
+pub fn check<'a, 'p>(
+    keys: &QuotaKeys,
+    policy: &'p Policy,
+    descriptor: &Descriptor<'a>,
+) -> Option<Checked<'a, 'p>> {
     let entries = QuotaEntries::of(keys, descriptor)?;
     if entries.token_type.is_some() {
         return Some(Checked::Usage(entries));
@@ -189,17 +212,26 @@ pub fn admit<'a, 'p>(
     Some(admit_entries(policy, QuotaEntries::of(keys, descriptor)?))
 }
 
-fn admit_entries<'a, 'p>(policy: &'p Policy, entries: QuotaEntries<'a>) -> Result<Admitted<'a, 'p>, Refusal<'a>> {
+fn admit_entries<'a, 'p>(
+    policy: &'p Policy,
+    entries: QuotaEntries<'a>,
+) -> Result<Admitted<'a, 'p>, Refusal<'a>> {
     let tenant = match policy.tenant(entries.tenant) {
         Some(tenant) if tenant.is_active() => tenant,
         other => {
-            return Err(Refusal::TenantNotActive { tenant: entries.tenant, status: other.map(|t| t.status) });
+            return Err(Refusal::TenantNotActive {
+                tenant: entries.tenant,
+                status: other.map(|t| t.status),
+            });
         }
     };
     if let Some(model) = entries.model
         && !tenant.may_use(model)
     {
-        return Err(Refusal::ModelNotApproved { tenant: entries.tenant, model });
+        return Err(Refusal::ModelNotApproved {
+            tenant: entries.tenant,
+            model,
+        });
     }
     Ok(Admitted { tenant, entries })
 }
@@ -217,7 +249,11 @@ impl Refusal<'_> {
     pub fn status(&self) -> Status {
         Status {
             code: Code::OverLimit,
-            current_limit: Some(CurrentLimit { requests_per_unit: 0, unit: None, name: Some(self.name().to_owned()) }),
+            current_limit: Some(CurrentLimit {
+                requests_per_unit: 0,
+                unit: None,
+                name: Some(self.name().to_owned()),
+            }),
             limit_remaining: 0,
             duration_until_reset: None,
         }
@@ -234,7 +270,11 @@ impl Refusal<'_> {
                 status.map_or("unknown", TenantStatus::as_str)
             ),
             Refusal::ModelNotApproved { tenant, model } => {
-                format!(r#"{{"error":"{MODEL_NOT_APPROVED}","tenant":{},"model":{}}}"#, text(tenant), text(model))
+                format!(
+                    r#"{{"error":"{MODEL_NOT_APPROVED}","tenant":{},"model":{}}}"#,
+                    text(tenant),
+                    text(model)
+                )
             }
         }
     }
@@ -256,7 +296,10 @@ mod tests {
     use crate::policy::tests::{policy_of, tenant};
 
     fn descriptor<'a>(entries: &[(&'a str, &'a str)]) -> Descriptor<'a> {
-        Descriptor { entries: entries.to_vec(), ..Descriptor::default() }
+        Descriptor {
+            entries: entries.to_vec(),
+            ..Descriptor::default()
+        }
     }
 
     fn policy() -> Policy {
@@ -281,15 +324,23 @@ mod tests {
     #[test]
     fn an_active_tenant_with_a_granted_model_is_admitted() {
         assert_eq!(check(&[("tenant_id", "acme")]), Some(Ok("admitted")));
-        assert_eq!(check(&[("tenant_id", "acme"), ("model", "claude-sonnet")]), Some(Ok("admitted")));
-        assert_eq!(check(&[("tenant_id", "acme"), ("session_id", "s-1")]), Some(Ok("admitted")));
+        assert_eq!(
+            check(&[("tenant_id", "acme"), ("model", "claude-sonnet")]),
+            Some(Ok("admitted"))
+        );
+        assert_eq!(
+            check(&[("tenant_id", "acme"), ("session_id", "s-1")]),
+            Some(Ok("admitted"))
+        );
     }
 
     #[test]
     fn unknown_pending_and_suspended_tenants_are_refused_with_their_status() {
-        for (id, status) in
-            [("nobody", None), ("newco", Some(TenantStatus::Pending)), ("gone", Some(TenantStatus::Suspended))]
-        {
+        for (id, status) in [
+            ("nobody", None),
+            ("newco", Some(TenantStatus::Pending)),
+            ("gone", Some(TenantStatus::Suspended)),
+        ] {
             assert_eq!(
                 check(&[("tenant_id", id), ("model", "claude-sonnet")]),
                 Some(Err(Refusal::TenantNotActive { tenant: id, status }))
@@ -301,16 +352,25 @@ mod tests {
     fn a_model_not_granted_is_refused() {
         assert_eq!(
             check(&[("tenant_id", "acme"), ("model", "claude-opus")]),
-            Some(Err(Refusal::ModelNotApproved { tenant: "acme", model: "claude-opus" }))
+            Some(Err(Refusal::ModelNotApproved {
+                tenant: "acme",
+                model: "claude-opus"
+            }))
         );
     }
 
     #[test]
     fn the_keys_come_from_the_domain_configuration() {
-        let keys = QuotaKeys { tenant: "org".into(), model: "llm".into(), ..QuotaKeys::default() };
+        let keys = QuotaKeys {
+            tenant: "org".into(),
+            model: "llm".into(),
+            ..QuotaKeys::default()
+        };
         let policy = policy();
         let entries = [("org", "acme"), ("llm", "gpt"), ("model", "claude-sonnet")];
-        let refused = admit(&keys, &policy, &descriptor(&entries)).unwrap().unwrap_err();
+        let refused = admit(&keys, &policy, &descriptor(&entries))
+            .unwrap()
+            .unwrap_err();
         assert_eq!(refused.name(), MODEL_NOT_APPROVED);
         assert!(admit(&keys, &policy, &descriptor(&[("tenant_id", "nobody")])).is_none());
     }
@@ -341,17 +401,38 @@ mod tests {
 
     #[test]
     fn refusals_explain_themselves_in_json() {
-        let unknown = Refusal::TenantNotActive { tenant: "x\"y", status: None };
+        let unknown = Refusal::TenantNotActive {
+            tenant: "x\"y",
+            status: None,
+        };
         let body: serde_json::Value = serde_json::from_str(&unknown.body()).unwrap();
-        assert_eq!(body, json!({"error": "tenant_not_active", "tenant": "x\"y", "status": "unknown"}));
-        let pending = Refusal::TenantNotActive { tenant: "acme", status: Some(TenantStatus::Pending) };
-        assert_eq!(pending.body(), r#"{"error":"tenant_not_active","tenant":"acme","status":"pending"}"#);
-        let model = Refusal::ModelNotApproved { tenant: "acme", model: "m" };
+        assert_eq!(
+            body,
+            json!({"error": "tenant_not_active", "tenant": "x\"y", "status": "unknown"})
+        );
+        let pending = Refusal::TenantNotActive {
+            tenant: "acme",
+            status: Some(TenantStatus::Pending),
+        };
+        assert_eq!(
+            pending.body(),
+            r#"{"error":"tenant_not_active","tenant":"acme","status":"pending"}"#
+        );
+        let model = Refusal::ModelNotApproved {
+            tenant: "acme",
+            model: "m",
+        };
         let body: serde_json::Value = serde_json::from_str(&model.body()).unwrap();
-        assert_eq!(body, json!({"error": "model_not_approved", "tenant": "acme", "model": "m"}));
+        assert_eq!(
+            body,
+            json!({"error": "model_not_approved", "tenant": "acme", "model": "m"})
+        );
         let status = model.status();
         assert_eq!(status.code, Code::OverLimit);
-        assert_eq!(status.current_limit.unwrap().name.as_deref(), Some(MODEL_NOT_APPROVED));
+        assert_eq!(
+            status.current_limit.unwrap().name.as_deref(),
+            Some(MODEL_NOT_APPROVED)
+        );
     }
 }
 
@@ -393,8 +474,14 @@ descriptors:
         let rules = compile(&files, &LoadOptions::default(), &metrics).unwrap();
         let clock = Arc::new(ManualClock::at_secs(1_800_000_000));
         let store = Store::Memory(MemoryStore::new(clock.clone()));
-        Limiter::new(Arc::new(ArcSwapOption::from_pointee(rules)), store, clock, metrics, options)
-            .with_policy(Arc::new(ArcSwap::from_pointee(policy)))
+        Limiter::new(
+            Arc::new(ArcSwapOption::from_pointee(rules)),
+            store,
+            clock,
+            metrics,
+            options,
+        )
+        .with_policy(Arc::new(ArcSwap::from_pointee(policy)))
     }
 
     fn limiter(policy: Policy) -> Limiter {
@@ -410,7 +497,10 @@ descriptors:
             domain,
             descriptors: descriptors
                 .iter()
-                .map(|entries| Descriptor { entries: entries.to_vec(), ..Descriptor::default() })
+                .map(|entries| Descriptor {
+                    entries: entries.to_vec(),
+                    ..Descriptor::default()
+                })
                 .collect(),
             hits_addend: 0,
         };
@@ -424,17 +514,33 @@ descriptors:
     #[tokio::test]
     async fn a_pending_tenant_is_refused_with_a_json_body_and_charges_nothing() {
         let limiter = limiter(acme(TenantStatus::Pending));
-        let refused = decide(&limiter, "ai-gateway", &[&[("tenant_id", "acme")], &[("generic", "g")]]).await;
+        let refused = decide(
+            &limiter,
+            "ai-gateway",
+            &[&[("tenant_id", "acme")], &[("generic", "g")]],
+        )
+        .await;
         assert_eq!(refused.overall_code, Code::OverLimit);
         assert_eq!(refused.statuses[0].code, Code::OverLimit);
         assert_eq!(name(&refused, 0), Some(TENANT_NOT_ACTIVE));
-        assert_eq!(refused.statuses[0].current_limit.as_ref().unwrap().unit, None);
-        assert_eq!(refused.statuses[1].code, Code::Ok, "ordinary rules still apply beside it");
+        assert_eq!(
+            refused.statuses[0].current_limit.as_ref().unwrap().unit,
+            None
+        );
+        assert_eq!(
+            refused.statuses[1].code,
+            Code::Ok,
+            "ordinary rules still apply beside it"
+        );
         assert_eq!(
             refused.raw_body.as_deref(),
             Some(r#"{"error":"tenant_not_active","tenant":"acme","status":"pending"}"#)
         );
-        assert!(refused.response_headers.contains(&("content-type".into(), "application/json".into())));
+        assert!(
+            refused
+                .response_headers
+                .contains(&("content-type".into(), "application/json".into()))
+        );
         // Activated, the tenant's first call of the minute is its first counted one.
         limiter.policy().store(Arc::new(acme(TenantStatus::Active)));
         let admitted = decide(&limiter, "ai-gateway", &[&[("tenant_id", "acme")]]).await;
@@ -459,31 +565,58 @@ descriptors:
             unknown.raw_body.as_deref(),
             Some(r#"{"error":"tenant_not_active","tenant":"nobody","status":"unknown"}"#)
         );
-        let gone = decide(&limiter, "ai-gateway", &[&[("tenant_id", "gone"), ("model", "claude-sonnet")]]).await;
+        let gone = decide(
+            &limiter,
+            "ai-gateway",
+            &[&[("tenant_id", "gone"), ("model", "claude-sonnet")]],
+        )
+        .await;
         assert_eq!(
             gone.raw_body.as_deref(),
             Some(r#"{"error":"tenant_not_active","tenant":"gone","status":"suspended"}"#)
         );
-        let model = decide(&limiter, "ai-gateway", &[&[("tenant_id", "acme"), ("model", "claude-opus")]]).await;
+        let model = decide(
+            &limiter,
+            "ai-gateway",
+            &[&[("tenant_id", "acme"), ("model", "claude-opus")]],
+        )
+        .await;
         assert_eq!(model.overall_code, Code::OverLimit);
         assert_eq!(name(&model, 0), Some(MODEL_NOT_APPROVED));
         assert_eq!(
             model.raw_body.as_deref(),
             Some(r#"{"error":"model_not_approved","tenant":"acme","model":"claude-opus"}"#)
         );
-        let granted = decide(&limiter, "ai-gateway", &[&[("tenant_id", "acme"), ("model", "claude-sonnet")]]).await;
+        let granted = decide(
+            &limiter,
+            "ai-gateway",
+            &[&[("tenant_id", "acme"), ("model", "claude-sonnet")]],
+        )
+        .await;
         assert_eq!(granted.overall_code, Code::Ok);
         let text = limiter.metrics.render();
-        assert!(text.contains(r#"tollgate_quota_refused{reason="tenant_not_active"} 2"#), "{text}");
-        assert!(text.contains(r#"tollgate_quota_refused{reason="model_not_approved"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"tollgate_quota_refused{reason="tenant_not_active"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"tollgate_quota_refused{reason="model_not_approved"} 1"#),
+            "{text}"
+        );
     }
 
     #[tokio::test]
     async fn the_first_refusal_in_request_order_gives_the_body() {
         let limiter = limiter(acme(TenantStatus::Active));
-        let decision =
-            decide(&limiter, "ai-gateway", &[&[("tenant_id", "acme"), ("model", "gpt")], &[("tenant_id", "nobody")]])
-                .await;
+        let decision = decide(
+            &limiter,
+            "ai-gateway",
+            &[
+                &[("tenant_id", "acme"), ("model", "gpt")],
+                &[("tenant_id", "nobody")],
+            ],
+        )
+        .await;
         assert_eq!(name(&decision, 0), Some(MODEL_NOT_APPROVED));
         assert_eq!(name(&decision, 1), Some(TENANT_NOT_ACTIVE));
         assert!(decision.raw_body.unwrap().contains(MODEL_NOT_APPROVED));
@@ -498,17 +631,29 @@ descriptors:
         let plain = decide(&limiter, "plain", &[&[("tenant_id", "nobody")]]).await;
         assert_eq!(plain.overall_code, Code::Ok);
         assert_eq!(plain.raw_body, None);
-        let no_tenant = decide(&limiter, "ai-gateway", &[&[("generic", "g")], &[("model", "anything")]]).await;
+        let no_tenant = decide(
+            &limiter,
+            "ai-gateway",
+            &[&[("generic", "g")], &[("model", "anything")]],
+        )
+        .await;
         assert_eq!(no_tenant.overall_code, Code::Ok);
     }
 
     #[tokio::test]
     async fn global_shadow_mode_passes_the_call_and_sends_no_body() {
-        let options = LimiterOptions { global_shadow_mode: true, ..LimiterOptions::default() };
+        let options = LimiterOptions {
+            global_shadow_mode: true,
+            ..LimiterOptions::default()
+        };
         let limiter = limiter_with(RULES, options, Policy::default());
         let decision = decide(&limiter, "ai-gateway", &[&[("tenant_id", "nobody")]]).await;
         assert_eq!(decision.overall_code, Code::Ok);
-        assert_eq!(decision.statuses[0].code, Code::OverLimit, "the status still says what would happen");
+        assert_eq!(
+            decision.statuses[0].code,
+            Code::OverLimit,
+            "the status still says what would happen"
+        );
         assert_eq!(decision.raw_body, None);
     }
 }

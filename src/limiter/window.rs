@@ -40,7 +40,8 @@ impl Window {
     pub fn calendar(now_secs: u64, unit: Unit, timezone: &TimeZone) -> Window {
         let now = Timestamp::from_second(now_secs as i64).unwrap_or(Timestamp::UNIX_EPOCH);
         let local = Zoned::new(now, timezone.clone());
-        let (start, next) = calendar_bounds(&local, unit).expect("calendar bounds stay inside jiff's range");
+        let (start, next) =
+            calendar_bounds(&local, unit).expect("calendar bounds stay inside jiff's range");
         let start = start.timestamp().as_second().max(0) as u64;
         let next = next.timestamp().as_second().max(0) as u64;
         Window {
@@ -132,7 +133,10 @@ mod tests {
         // October 2026 in Berlin starts in summer time (UTC+2) and ends in winter time.
         let w = Window::calendar(secs("2026-10-15T12:00:00Z"), Unit::Month, &berlin());
         assert_eq!(w.start, secs("2026-09-30T22:00:00Z"));
-        assert_eq!(secs("2026-10-15T12:00:00Z") + w.until_reset, secs("2026-10-31T23:00:00Z"));
+        assert_eq!(
+            secs("2026-10-15T12:00:00Z") + w.until_reset,
+            secs("2026-10-31T23:00:00Z")
+        );
     }
 
     #[test]
@@ -140,7 +144,10 @@ mod tests {
         // 2026-10-25 in Berlin: clocks go back at 03:00.
         let w = Window::calendar(secs("2026-10-25T10:00:00Z"), Unit::Day, &berlin());
         assert_eq!(w.start, secs("2026-10-24T22:00:00Z"));
-        assert_eq!(w.start + 25 * 3600, secs("2026-10-25T10:00:00Z") + w.until_reset);
+        assert_eq!(
+            w.start + 25 * 3600,
+            secs("2026-10-25T10:00:00Z") + w.until_reset
+        );
     }
 
     #[test]
@@ -148,14 +155,20 @@ mod tests {
         // 2026-11-22 is a Sunday.
         let w = Window::calendar(secs("2026-11-22T12:00:00Z"), Unit::Week, &TimeZone::UTC);
         assert_eq!(w.start, secs("2026-11-16T00:00:00Z"));
-        assert_eq!(secs("2026-11-22T12:00:00Z") + w.until_reset, secs("2026-11-23T00:00:00Z"));
+        assert_eq!(
+            secs("2026-11-22T12:00:00Z") + w.until_reset,
+            secs("2026-11-23T00:00:00Z")
+        );
     }
 
     #[test]
     fn years_follow_the_calendar() {
         let w = Window::calendar(secs("2026-11-22T12:00:00Z"), Unit::Year, &TimeZone::UTC);
         assert_eq!(w.start, secs("2026-01-01T00:00:00Z"));
-        assert_eq!(secs("2026-11-22T12:00:00Z") + w.until_reset, secs("2027-01-01T00:00:00Z"));
+        assert_eq!(
+            secs("2026-11-22T12:00:00Z") + w.until_reset,
+            secs("2027-01-01T00:00:00Z")
+        );
     }
 
     #[test]
@@ -170,7 +183,13 @@ mod tests {
     #[test]
     fn per_second_windows_always_reset_in_one_second() {
         for now in [0, 1, 17, 1_700_000_000] {
-            assert_eq!(Window::containing(now, 1), Window { start: now, until_reset: 1 });
+            assert_eq!(
+                Window::containing(now, 1),
+                Window {
+                    start: now,
+                    until_reset: 1
+                }
+            );
         }
     }
 }

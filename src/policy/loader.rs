@@ -62,13 +62,26 @@ impl Drop for PolicyLoader {
 }
 
 /// Loads the policy from `ledger` and keeps it fresh until the loader is dropped.
-pub async fn start(ledger: Ledger, resync: Duration, stats: PolicyStats) -> Result<PolicyLoader, ReloadError> {
+pub async fn start(
+    ledger: Ledger,
+    resync: Duration,
+    stats: PolicyStats,
+) -> Result<PolicyLoader, ReloadError> {
     // Subscribed before the first read, so no change can fall between the two.
     let changes = ledger.changes();
     let follower = ledger.follow();
     let current = super::empty();
-    let mut reloader = Reloader { ledger, follower, current: current.clone(), stats, generation: 0 };
-    reloader.reload().await.inspect_err(|_| reloader.stats.reload_error.increment(1))?;
+    let mut reloader = Reloader {
+        ledger,
+        follower,
+        current: current.clone(),
+        stats,
+        generation: 0,
+    };
+    reloader
+        .reload()
+        .await
+        .inspect_err(|_| reloader.stats.reload_error.increment(1))?;
     let task = tokio::spawn(reloader.run(changes, resync.max(Duration::from_millis(1))));
     Ok(PolicyLoader { current, task })
 }
@@ -92,7 +105,11 @@ impl Reloader {
         self.generation += 1;
         let policy = Policy::compile(sources, self.generation);
         self.stats.tenants.set(policy.tenant_count() as f64);
-        tracing::debug!(generation = policy.generation(), tenants = policy.tenant_count(), "policy loaded");
+        tracing::debug!(
+            generation = policy.generation(),
+            tenants = policy.tenant_count(),
+            "policy loaded"
+        );
         self.current.store(Arc::new(policy));
         self.follower.applied(committed);
         self.stats.reload_success.increment(1);
@@ -176,23 +193,49 @@ mod tests {
     async fn the_first_snapshot_holds_the_ledger_as_it_is() {
         let dir = tempfile::tempdir().unwrap();
         let ledger = sqlite_ledger(&dir).await;
-        ledger.create_tenant("test", &new_tenant("acme")).await.unwrap();
+        ledger
+            .create_tenant("test", &new_tenant("acme"))
+            .await
+            .unwrap();
         let metrics = Metrics::new();
-        let loader = start(ledger, Duration::from_secs(60), metrics.policy.clone()).await.unwrap();
+        let loader = start(ledger, Duration::from_secs(60), metrics.policy.clone())
+            .await
+            .unwrap();
         assert_eq!(status_of(&loader, "acme"), Some(TenantStatus::Pending));
         assert_eq!(loader.current().load().generation(), 1);
-        assert!(metrics.render().contains("tollgate_policy_tenants 1"), "{}", metrics.render());
+        assert!(
+            metrics.render().contains("tollgate_policy_tenants 1"),
+            "{}",
+            metrics.render()
+        );
     }
 
     #[tokio::test]
     async fn a_committed_change_is_in_force_when_the_commit_returns() {
         let dir = tempfile::tempdir().unwrap();
         let ledger = sqlite_ledger(&dir).await;
-        let loader = start(ledger.clone(), Duration::from_secs(60), Metrics::new().policy).await.unwrap();
+        let loader = start(
+            ledger.clone(),
+            Duration::from_secs(60),
+            Metrics::new().policy,
+        )
+        .await
+        .unwrap();
         assert_eq!(status_of(&loader, "acme"), None);
-        ledger.create_tenant("test", &new_tenant("acme")).await.unwrap();
+        ledger
+            .create_tenant("test", &new_tenant("acme"))
+            .await
+            .unwrap();
         assert_eq!(status_of(&loader, "acme"), Some(TenantStatus::Pending));
-        ledger.set_tenant_status("test", "acme", &[TenantStatus::Pending], TenantStatus::Active).await.unwrap();
+        ledger
+            .set_tenant_status(
+                "test",
+                "acme",
+                &[TenantStatus::Pending],
+                TenantStatus::Active,
+            )
+            .await
+            .unwrap();
         assert_eq!(status_of(&loader, "acme"), Some(TenantStatus::Active));
     }
 
@@ -203,7 +246,10 @@ mod tests {
         // Twenty changes announced while nothing follows (so no commit waits)...
         let changes = ledger.changes();
         for i in 0..20 {
-            ledger.create_tenant("test", &new_tenant(&format!("t{i}"))).await.unwrap();
+            ledger
+                .create_tenant("test", &new_tenant(&format!("t{i}")))
+                .await
+                .unwrap();
         }
         // ...then a reloader starts with all of them queued.
         let current = crate::policy::empty();
@@ -216,12 +262,19 @@ mod tests {
         };
         let _task = AbortOnDrop(tokio::spawn(reloader.run(changes, Duration::from_secs(60))));
         // One more change returns once applied: by then the burst took one reload, this one another.
-        ledger.create_tenant("test", &new_tenant("last")).await.unwrap();
+        ledger
+            .create_tenant("test", &new_tenant("last"))
+            .await
+            .unwrap();
         let policy = current.load();
         assert_eq!(policy.tenant_count(), 21);
         // One read for the burst and one for the last change, or a single read for all of
         // them when the last was committed before the first read began; never one each.
-        assert!((1..=2).contains(&policy.generation()), "{} reloads", policy.generation());
+        assert!(
+            (1..=2).contains(&policy.generation()),
+            "{} reloads",
+            policy.generation()
+        );
     }
 
     struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -236,19 +289,41 @@ mod tests {
     async fn a_failed_reload_keeps_the_last_good_snapshot_and_retries() {
         let dir = tempfile::tempdir().unwrap();
         let ledger = sqlite_ledger(&dir).await;
-        ledger.create_tenant("test", &new_tenant("acme")).await.unwrap();
+        ledger
+            .create_tenant("test", &new_tenant("acme"))
+            .await
+            .unwrap();
         let metrics = Metrics::new();
-        let loader = start(ledger.clone(), Duration::from_secs(60), metrics.policy.clone()).await.unwrap();
+        let loader = start(
+            ledger.clone(),
+            Duration::from_secs(60),
+            metrics.policy.clone(),
+        )
+        .await
+        .unwrap();
         // Break the ledger under the loader, and announce a change.
-        sqlx::query("ALTER TABLE tenants RENAME TO tenants_away").execute(ledger.pool()).await.unwrap();
+        sqlx::query("ALTER TABLE tenants RENAME TO tenants_away")
+            .execute(ledger.pool())
+            .await
+            .unwrap();
         let mut tx = ledger.begin().await.unwrap();
         sqlx::query("SELECT 1").execute(&mut *tx).await.unwrap();
         ledger.commit_change(tx).await.unwrap();
-        assert_eq!(status_of(&loader, "acme"), Some(TenantStatus::Pending), "the last good snapshot stays");
+        assert_eq!(
+            status_of(&loader, "acme"),
+            Some(TenantStatus::Pending),
+            "the last good snapshot stays"
+        );
         assert!(metric(&metrics, "tollgate_policy_reload_error") >= 1);
         // Repaired, the retry loads again without any further announcement.
-        sqlx::query("ALTER TABLE tenants_away RENAME TO tenants").execute(ledger.pool()).await.unwrap();
-        sqlx::query("UPDATE tenants SET status = 'active'").execute(ledger.pool()).await.unwrap();
+        sqlx::query("ALTER TABLE tenants_away RENAME TO tenants")
+            .execute(ledger.pool())
+            .await
+            .unwrap();
+        sqlx::query("UPDATE tenants SET status = 'active'")
+            .execute(ledger.pool())
+            .await
+            .unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
         while status_of(&loader, "acme") != Some(TenantStatus::Active) {
             assert!(Instant::now() < deadline, "the retry did not reload");
@@ -260,7 +335,10 @@ mod tests {
         metrics
             .render()
             .lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.trim().parse().ok()))
+            .find_map(|l| {
+                l.strip_prefix(name)
+                    .and_then(|rest| rest.trim().parse().ok())
+            })
             .unwrap_or(0)
     }
 }

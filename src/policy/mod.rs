@@ -46,7 +46,10 @@ pub struct PolicySources {
 impl PolicySources {
     /// Reads every source from the ledger.
     pub async fn read(ledger: &Ledger) -> Result<PolicySources, LedgerError> {
-        Ok(PolicySources { tenants: ledger.all_tenants().await?, budgets: ledger.all_budgets().await? })
+        Ok(PolicySources {
+            tenants: ledger.all_tenants().await?,
+            budgets: ledger.all_budgets().await?,
+        })
     }
 }
 
@@ -172,7 +175,9 @@ impl TenantPolicy {
 
     /// Whether `model` is granted to the tenant.
     pub fn may_use(&self, model: &str) -> bool {
-        self.models.binary_search_by(|m| m.as_str().cmp(model)).is_ok()
+        self.models
+            .binary_search_by(|m| m.as_str().cmp(model))
+            .is_ok()
     }
 
     /// The granted models, sorted.
@@ -218,7 +223,10 @@ impl Policy {
                 continue;
             }
             match budget.tenant_id.clone() {
-                Some(tenant) => by_tenant.entry(tenant).or_default().push(BudgetPolicy::compile(budget)),
+                Some(tenant) => by_tenant
+                    .entry(tenant)
+                    .or_default()
+                    .push(BudgetPolicy::compile(budget)),
                 None => global.push(BudgetPolicy::compile(budget)),
             }
         }
@@ -230,10 +238,16 @@ impl Policy {
                 Ok(compiled) => {
                     tenants.insert(compiled.id.clone(), compiled);
                 }
-                Err((id, problem)) => tracing::error!(tenant = %id, %problem, "tenant left out of the policy"),
+                Err((id, problem)) => {
+                    tracing::error!(tenant = %id, %problem, "tenant left out of the policy")
+                }
             }
         }
-        Policy { tenants, global_budgets: global.into_boxed_slice(), generation }
+        Policy {
+            tenants,
+            global_budgets: global.into_boxed_slice(),
+            generation,
+        }
     }
 
     /// The live global budgets, by name.
@@ -258,16 +272,30 @@ impl Policy {
 }
 
 impl TenantPolicy {
-    fn compile(tenant: Tenant, mut budgets: Vec<BudgetPolicy>) -> Result<TenantPolicy, (String, String)> {
-        let currency = tenant.currency.parse::<Currency>().map_err(|e| (tenant.id.clone(), e))?;
-        let timezone = jiff::tz::TimeZone::get(&tenant.timezone)
-            .map_err(|e| (tenant.id.clone(), format!("timezone '{}': {e}", tenant.timezone)))?;
+    fn compile(
+        tenant: Tenant,
+        mut budgets: Vec<BudgetPolicy>,
+    ) -> Result<TenantPolicy, (String, String)> {
+        let currency = tenant
+            .currency
+            .parse::<Currency>()
+            .map_err(|e| (tenant.id.clone(), e))?;
+        let timezone = jiff::tz::TimeZone::get(&tenant.timezone).map_err(|e| {
+            (
+                tenant.id.clone(),
+                format!("timezone '{}': {e}", tenant.timezone),
+            )
+        })?;
         let mut models = tenant.models;
         models.sort_unstable();
         models.dedup();
         budgets.sort_by(|a, b| a.name.cmp(&b.name));
         let of = |scope: Scope, measure: Measure| -> Box<[BudgetPolicy]> {
-            budgets.iter().filter(|b| b.scope == scope && b.measure == measure).cloned().collect()
+            budgets
+                .iter()
+                .filter(|b| b.scope == scope && b.measure == measure)
+                .cloned()
+                .collect()
         };
         let session_requests = of(Scope::Session, Measure::Requests);
         let tenant_requests = of(Scope::Tenant, Measure::Requests);
@@ -283,17 +311,22 @@ impl TenantPolicy {
                 tag: format!("plan~{}", r.window_seconds),
                 per_session: false,
                 period: QuotaPeriod::Window(r.window_seconds),
-                explain: Explain::Plan { timezone: timezone.clone() },
+                explain: Explain::Plan {
+                    timezone: timezone.clone(),
+                },
             })
             .collect();
         let session_limits = session_requests
             .iter()
             .filter_map(|b| {
                 let (period, tag) = match b.period {
-                    Period::Session(_) => (QuotaPeriod::Session, format!("budget~{}~session", b.id)),
-                    Period::Window { window_seconds } if window_seconds > 0 => {
-                        (QuotaPeriod::Window(window_seconds), format!("budget~{}~{window_seconds}", b.id))
+                    Period::Session(_) => {
+                        (QuotaPeriod::Session, format!("budget~{}~session", b.id))
                     }
+                    Period::Window { window_seconds } if window_seconds > 0 => (
+                        QuotaPeriod::Window(window_seconds),
+                        format!("budget~{}~{window_seconds}", b.id),
+                    ),
                     _ => return None,
                 };
                 Some(QuotaLimit {
@@ -346,11 +379,24 @@ pub(crate) mod tests {
 
     /// A snapshot of `tenants`.
     pub(crate) fn policy_of(tenants: Vec<Tenant>) -> Policy {
-        Policy::compile(PolicySources { tenants, budgets: Vec::new() }, 1)
+        Policy::compile(
+            PolicySources {
+                tenants,
+                budgets: Vec::new(),
+            },
+            1,
+        )
     }
 
     /// A stored budget of `tenant` (global when `None`), as the ledger returns it.
-    pub(crate) fn budget(tenant: Option<&str>, name: &str, scope: Scope, measure: Measure, period: Period, amount: u64) -> Budget {
+    pub(crate) fn budget(
+        tenant: Option<&str>,
+        name: &str,
+        scope: Scope,
+        measure: Measure,
+        period: Period,
+        amount: u64,
+    ) -> Budget {
         use crate::ledger::budgets::Amount;
         Budget {
             id: format!("b-{name}"),
@@ -384,7 +430,14 @@ pub(crate) mod tests {
         use crate::ledger::budgets::{BudgetOverride, SessionPeriod};
         let lifetime = Period::Session(SessionPeriod::Session);
         let minute = Period::Window { window_seconds: 60 };
-        let mut raised = budget(Some("acme"), "per-session", Scope::Session, Measure::Requests, lifetime, 5);
+        let mut raised = budget(
+            Some("acme"),
+            "per-session",
+            Scope::Session,
+            Measure::Requests,
+            lifetime,
+            5,
+        );
         raised.overrides.push(BudgetOverride {
             id: "o".into(),
             amount: crate::ledger::budgets::Amount::Count(8),
@@ -393,29 +446,90 @@ pub(crate) mod tests {
             created_at: 0,
             units: 8,
         });
-        let mut soft = budget(Some("acme"), "session-rpm", Scope::Session, Measure::Requests, minute, 10);
+        let mut soft = budget(
+            Some("acme"),
+            "session-rpm",
+            Scope::Session,
+            Measure::Requests,
+            minute,
+            10,
+        );
         soft.enforcement = Enforcement::Soft;
-        let mut retired = budget(Some("acme"), "old", Scope::Session, Measure::Requests, minute, 1);
+        let mut retired = budget(
+            Some("acme"),
+            "old",
+            Scope::Session,
+            Measure::Requests,
+            minute,
+            1,
+        );
         retired.deleted_at = Some(1);
         let policy = policy_with(
-            vec![tenant("acme", TenantStatus::Active, &[]), tenant("beta", TenantStatus::Active, &[])],
+            vec![
+                tenant("acme", TenantStatus::Active, &[]),
+                tenant("beta", TenantStatus::Active, &[]),
+            ],
             vec![
                 raised,
                 soft,
                 retired,
-                budget(Some("acme"), "tenant-daily", Scope::Tenant, Measure::Requests, minute, 100),
-                budget(Some("acme"), "session-tokens", Scope::Session, Measure::Tokens, lifetime, 50_000),
-                budget(Some("gone"), "orphan", Scope::Tenant, Measure::Requests, minute, 1),
-                budget(None, "everyone", Scope::Global, Measure::Requests, minute, 1_000),
+                budget(
+                    Some("acme"),
+                    "tenant-daily",
+                    Scope::Tenant,
+                    Measure::Requests,
+                    minute,
+                    100,
+                ),
+                budget(
+                    Some("acme"),
+                    "session-tokens",
+                    Scope::Session,
+                    Measure::Tokens,
+                    lifetime,
+                    50_000,
+                ),
+                budget(
+                    Some("gone"),
+                    "orphan",
+                    Scope::Tenant,
+                    Measure::Requests,
+                    minute,
+                    1,
+                ),
+                budget(
+                    None,
+                    "everyone",
+                    Scope::Global,
+                    Measure::Requests,
+                    minute,
+                    1_000,
+                ),
             ],
         );
         let acme = policy.tenant("acme").unwrap();
-        let names = |budgets: &[BudgetPolicy]| budgets.iter().map(|b| b.name.clone()).collect::<Vec<_>>();
-        assert_eq!(names(acme.budgets()), ["per-session", "session-rpm", "session-tokens", "tenant-daily"]);
-        assert_eq!(names(acme.session_request_budgets()), ["per-session", "session-rpm"]);
+        let names =
+            |budgets: &[BudgetPolicy]| budgets.iter().map(|b| b.name.clone()).collect::<Vec<_>>();
+        assert_eq!(
+            names(acme.budgets()),
+            [
+                "per-session",
+                "session-rpm",
+                "session-tokens",
+                "tenant-daily"
+            ]
+        );
+        assert_eq!(
+            names(acme.session_request_budgets()),
+            ["per-session", "session-rpm"]
+        );
         assert_eq!(names(acme.tenant_request_budgets()), ["tenant-daily"]);
         let per_session = &acme.session_request_budgets()[0];
-        assert_eq!((per_session.limit, per_session.hard, per_session.period), (8, true, lifetime), "the override is in force");
+        assert_eq!(
+            (per_session.limit, per_session.hard, per_session.period),
+            (8, true, lifetime),
+            "the override is in force"
+        );
         assert!(!acme.session_request_budgets()[1].hard);
         assert!(policy.tenant("beta").unwrap().budgets().is_empty());
         assert_eq!(names(policy.global_budgets()), ["everyone"]);
@@ -423,8 +537,10 @@ pub(crate) mod tests {
 
     #[test]
     fn tenants_are_found_by_slug_with_their_status_and_settings() {
-        let policy =
-            policy_of(vec![tenant("acme", TenantStatus::Active, &[]), tenant("beta", TenantStatus::Pending, &[])]);
+        let policy = policy_of(vec![
+            tenant("acme", TenantStatus::Active, &[]),
+            tenant("beta", TenantStatus::Pending, &[]),
+        ]);
         let acme = policy.tenant("acme").unwrap();
         assert!(acme.is_active());
         assert_eq!(acme.currency.as_str(), "USD");
@@ -438,8 +554,11 @@ pub(crate) mod tests {
 
     #[test]
     fn only_granted_models_may_be_used() {
-        let policy =
-            policy_of(vec![tenant("acme", TenantStatus::Active, &["gpt-x", "claude-sonnet", "claude-sonnet"])]);
+        let policy = policy_of(vec![tenant(
+            "acme",
+            TenantStatus::Active,
+            &["gpt-x", "claude-sonnet", "claude-sonnet"],
+        )]);
         let acme = policy.tenant("acme").unwrap();
         assert!(acme.may_use("claude-sonnet"));
         assert!(acme.may_use("gpt-x"));

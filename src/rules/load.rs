@@ -59,7 +59,10 @@ pub fn rule_files(dir: &Path) -> Result<Vec<PathBuf>, LoadErrors> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(read_error)? {
         let path = entry.map_err(read_error)?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         let is_yaml = path
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"));
@@ -72,7 +75,11 @@ pub fn rule_files(dir: &Path) -> Result<Vec<PathBuf>, LoadErrors> {
 }
 
 /// Loads and compiles every rule file in `dir`.
-pub fn load_dir(dir: &Path, options: &LoadOptions, metrics: &Metrics) -> Result<RuleSet, LoadErrors> {
+pub fn load_dir(
+    dir: &Path,
+    options: &LoadOptions,
+    metrics: &Metrics,
+) -> Result<RuleSet, LoadErrors> {
     let mut sources = Vec::new();
     let mut errors = Vec::new();
     for path in rule_files(dir)? {
@@ -133,13 +140,27 @@ pub fn compile(
             }
             Some((_, level)) => {
                 let mut errs = Vec::new();
-                compile_level(&parsed.descriptors, &parsed.domain, &[], level, metrics, &mut errs);
+                compile_level(
+                    &parsed.descriptors,
+                    &parsed.domain,
+                    &[],
+                    level,
+                    metrics,
+                    &mut errs,
+                );
                 (None, errs)
             }
             None => {
                 let mut level = Level::default();
                 let mut errs = Vec::new();
-                compile_level(&parsed.descriptors, &parsed.domain, &[], &mut level, metrics, &mut errs);
+                compile_level(
+                    &parsed.descriptors,
+                    &parsed.domain,
+                    &[],
+                    &mut level,
+                    metrics,
+                    &mut errs,
+                );
                 (Some(level), errs)
             }
         };
@@ -242,7 +263,14 @@ fn compile_node(
         ));
     }
     let mut children = Level::default();
-    compile_level(&yaml.descriptors, domain, &path, &mut children, metrics, errors);
+    compile_level(
+        &yaml.descriptors,
+        domain,
+        &path,
+        &mut children,
+        metrics,
+        errors,
+    );
     (errors.len() == before).then(|| Node {
         key: yaml.key.clone(),
         value: yaml.value.clone(),
@@ -272,16 +300,26 @@ fn compile_limits(
         return Vec::new();
     }
     if let Some(single) = &yaml.rate_limit {
-        return compile_limit(single, false, domain, path, metrics, errors).map(Arc::new).into_iter().collect();
+        return compile_limit(single, false, domain, path, metrics, errors)
+            .map(Arc::new)
+            .into_iter()
+            .collect();
     }
     let mut names = std::collections::HashSet::new();
     let mut limits = Vec::with_capacity(yaml.rate_limits.len());
     for (i, entry) in yaml.rate_limits.iter().enumerate() {
         match entry.name.as_deref().filter(|n| !n.is_empty()) {
-            None => errors.push(format!("rate_limits[{i}] needs a name (it tells the limits of one descriptor apart)")),
-            Some(name) if !names.insert(name) => errors.push(format!("rate_limits[{i}]: duplicate limit name '{name}'")),
-            Some(_) if entry.unlimited => errors.push(format!("rate_limits[{i}]: unlimited is only allowed in rate_limit")),
-            Some(_) => limits.extend(compile_limit(entry, true, domain, path, metrics, errors).map(Arc::new)),
+            None => errors.push(format!(
+                "rate_limits[{i}] needs a name (it tells the limits of one descriptor apart)"
+            )),
+            Some(name) if !names.insert(name) => {
+                errors.push(format!("rate_limits[{i}]: duplicate limit name '{name}'"))
+            }
+            Some(_) if entry.unlimited => errors.push(format!(
+                "rate_limits[{i}]: unlimited is only allowed in rate_limit"
+            )),
+            Some(_) => limits
+                .extend(compile_limit(entry, true, domain, path, metrics, errors).map(Arc::new)),
         }
     }
     limits
@@ -317,7 +355,9 @@ fn compile_limit(
             match unit.parse::<Unit>() {
                 Ok(unit) => Some(unit),
                 Err(e) => {
-                    errors.push(format!("{e} (expected one of second, minute, hour, day, week, month, year)"));
+                    errors.push(format!(
+                        "{e} (expected one of second, minute, hour, day, week, month, year)"
+                    ));
                     None
                 }
             }
@@ -354,8 +394,14 @@ fn compile_limit(
         if window.is_some() {
             errors.push("a calendar limit takes its period from unit; remove window".to_owned());
         }
-        if !matches!(unit_or_second, Unit::Day | Unit::Week | Unit::Month | Unit::Year) {
-            errors.push(format!("calendar periods are day, week, month or year, not {}", unit_or_second.name().to_lowercase()));
+        if !matches!(
+            unit_or_second,
+            Unit::Day | Unit::Week | Unit::Month | Unit::Year
+        ) {
+            errors.push(format!(
+                "calendar periods are day, week, month or year, not {}",
+                unit_or_second.name().to_lowercase()
+            ));
         }
         if algorithm != Algorithm::FixedWindow {
             errors.push("calendar periods only work with the fixed_window algorithm".to_owned());
@@ -363,11 +409,16 @@ fn compile_limit(
         let timezone = match yaml.timezone.as_deref() {
             None => jiff::tz::TimeZone::UTC,
             Some(name) => jiff::tz::TimeZone::get(name).unwrap_or_else(|_| {
-                errors.push(format!("unknown timezone '{name}' (expected an IANA name such as Europe/Berlin)"));
+                errors.push(format!(
+                    "unknown timezone '{name}' (expected an IANA name such as Europe/Berlin)"
+                ));
                 jiff::tz::TimeZone::UTC
             }),
         };
-        Period::Calendar { unit: unit_or_second, timezone }
+        Period::Calendar {
+            unit: unit_or_second,
+            timezone,
+        }
     } else {
         if yaml.timezone.is_some() {
             errors.push("timezone only applies to calendar: true".to_owned());
@@ -378,7 +429,12 @@ fn compile_limit(
         return None;
     }
     let name = yaml.name.clone().filter(|n| !n.is_empty());
-    let key_tag = key_tag(in_list.then_some(name.as_deref()).flatten(), unit_or_second, &period, algorithm);
+    let key_tag = key_tag(
+        in_list.then_some(name.as_deref()).flatten(),
+        unit_or_second,
+        &period,
+        algorithm,
+    );
     let stats = match name.as_deref().filter(|_| in_list) {
         Some(limit_name) => metrics.named_rule_stats(domain, path, limit_name),
         None => metrics.rule_stats(domain, path),
@@ -402,11 +458,16 @@ fn parse_window(text: &str) -> Result<u64, String> {
     let secs = if text.bytes().all(|b| b.is_ascii_digit()) {
         text.parse::<u64>().ok()
     } else {
-        humantime::parse_duration(text).ok().filter(|d| d.subsec_nanos() == 0).map(|d| d.as_secs())
+        humantime::parse_duration(text)
+            .ok()
+            .filter(|d| d.subsec_nanos() == 0)
+            .map(|d| d.as_secs())
     };
     match secs {
         Some(secs) if secs > 0 => Ok(secs),
-        _ => Err(format!("invalid window '{text}' (expected a whole number of seconds such as 30s, 5m, 1h or 2d)")),
+        _ => Err(format!(
+            "invalid window '{text}' (expected a whole number of seconds such as 30s, 5m, 1h or 2d)"
+        )),
     }
 }
 
@@ -423,7 +484,11 @@ fn unit_dividing(window_secs: u64) -> Unit {
 /// algorithm or period on reload. A plain reference limit gets no tag.
 fn key_tag(list_name: Option<&str>, unit: Unit, period: &Period, algorithm: Algorithm) -> String {
     let period_tag = match period {
-        Period::Fixed(secs) if *secs == unit.seconds() && list_name.is_none() && algorithm == Algorithm::FixedWindow => {
+        Period::Fixed(secs)
+            if *secs == unit.seconds()
+                && list_name.is_none()
+                && algorithm == Algorithm::FixedWindow =>
+        {
             return String::new();
         }
         Period::Fixed(secs) => format!("{secs}"),
@@ -436,7 +501,10 @@ fn key_tag(list_name: Option<&str>, unit: Unit, period: &Period, algorithm: Algo
         Algorithm::SlidingWindow => "sw",
         Algorithm::TokenBucket { .. } => "tb",
     };
-    format!("{}~{algorithm_tag}{period_tag}", list_name.unwrap_or_default())
+    format!(
+        "{}~{algorithm_tag}{period_tag}",
+        list_name.unwrap_or_default()
+    )
 }
 
 #[cfg(test)]
@@ -444,7 +512,11 @@ mod tests {
     use super::*;
 
     fn compile_one(yaml: &str) -> Result<RuleSet, LoadErrors> {
-        compile(&[(PathBuf::from("r.yaml"), yaml.to_owned())], &LoadOptions::default(), &Metrics::new())
+        compile(
+            &[(PathBuf::from("r.yaml"), yaml.to_owned())],
+            &LoadOptions::default(),
+            &Metrics::new(),
+        )
     }
 
     fn limit_at(rules: &RuleSet, domain: &str, entries: &[(&str, &str)]) -> Option<u32> {
@@ -478,7 +550,10 @@ descriptors:
         assert_eq!(limit_at(&rules, "d", &[("k", "extra")]), Some(2));
         assert_eq!(limit_at(&rules, "d", &[("k", "react")]), Some(3));
         assert_eq!(limit_at(&rules, "d", &[("k", "other")]), Some(4));
-        assert_eq!(limit_at(&rules, "d", &[("k", "other"), ("sub", "x")]), Some(5));
+        assert_eq!(
+            limit_at(&rules, "d", &[("k", "other"), ("sub", "x")]),
+            Some(5)
+        );
     }
 
     #[test]
@@ -491,7 +566,13 @@ descriptors:
     #[test]
     fn a_dead_end_after_an_exact_match_does_not_backtrack() {
         let rules = compile_one(TREE).unwrap();
-        assert!(rules.domain("d").unwrap().find([("k", "exact"), ("sub", "x")]).is_none());
+        assert!(
+            rules
+                .domain("d")
+                .unwrap()
+                .find([("k", "exact"), ("sub", "x")])
+                .is_none()
+        );
         assert!(rules.domain("d").unwrap().find([("nokey", "x")]).is_none());
     }
 
@@ -518,19 +599,26 @@ descriptors:
         let rules = compile_one(TREE).unwrap();
         let dump = rules.dump();
         assert!(dump.contains("d.k_exact: unit=SECOND requests_per_unit=1, shadow_mode: false, quota_mode: false\n"), "{dump}");
-        assert!(dump.contains("d.k.sub: unit=SECOND requests_per_unit=5"), "{dump}");
+        assert!(
+            dump.contains("d.k.sub: unit=SECOND requests_per_unit=5"),
+            "{dump}"
+        );
         assert_eq!(dump.lines().count(), 5);
     }
 
     #[test]
     fn a_known_key_in_an_unusual_place_is_ignored_like_the_reference() {
-        let rules = compile_one("domain: d\ndescriptors:\n  - key: k\n    unit: second\n    rate_limit: {unit: second, requests_per_unit: 1}\n");
+        let rules = compile_one(
+            "domain: d\ndescriptors:\n  - key: k\n    unit: second\n    rate_limit: {unit: second, requests_per_unit: 1}\n",
+        );
         assert!(rules.is_ok(), "{rules:?}");
     }
 
     #[test]
     fn metadata_is_free_form() {
-        let rules = compile_one("domain: d\ndescriptors:\n  - key: k\n    metadata: {anything: {goes: [1, 2]}}\n");
+        let rules = compile_one(
+            "domain: d\ndescriptors:\n  - key: k\n    metadata: {anything: {goes: [1, 2]}}\n",
+        );
         assert!(rules.is_ok(), "{rules:?}");
     }
 
@@ -548,7 +636,10 @@ descriptors:
     fn a_quota_block_is_compiled_with_its_defaults() {
         let rules = compile_one("domain: d\nquota: {model_key: llm}\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 1}\n").unwrap();
         let quota = rules.domain("d").unwrap().quota.clone().unwrap();
-        assert_eq!((quota.tenant.as_str(), quota.model.as_str()), ("tenant_id", "llm"));
+        assert_eq!(
+            (quota.tenant.as_str(), quota.model.as_str()),
+            ("tenant_id", "llm")
+        );
         assert_eq!(limit_at(&rules, "d", &[("k", "v")]), Some(1));
         let plain = compile_one("domain: d\ndescriptors:\n  - key: k\n").unwrap();
         assert!(plain.domain("d").unwrap().quota.is_none());
@@ -558,39 +649,83 @@ descriptors:
     fn a_bad_quota_block_names_the_file_and_field() {
         let errors = compile_one("domain: d\nquota: {tenant_key: ''}\n").unwrap_err();
         assert_eq!(errors.0[0].file, Path::new("r.yaml"));
-        assert!(errors.0[0].message.contains("quota.tenant_key must not be empty"), "{errors}");
+        assert!(
+            errors.0[0]
+                .message
+                .contains("quota.tenant_key must not be empty"),
+            "{errors}"
+        );
         let errors = compile_one("domain: d\nquota: {tenant: x}\n").unwrap_err();
-        assert!(errors.0[0].message.contains("quota: unknown field 'tenant'"), "{errors}");
+        assert!(
+            errors.0[0]
+                .message
+                .contains("quota: unknown field 'tenant'"),
+            "{errors}"
+        );
         let errors = compile_one("domain: d\nquota:\n").unwrap_err();
-        assert!(errors.0[0].message.contains("quota must be a mapping"), "{errors}");
+        assert!(
+            errors.0[0].message.contains("quota must be a mapping"),
+            "{errors}"
+        );
     }
 
     #[test]
     fn a_quota_block_inside_a_descriptor_is_rejected() {
-        let errors = compile_one("domain: d\ndescriptors:\n  - key: k\n    quota: {}\n").unwrap_err();
-        assert!(errors.0[0].message.contains("quota is only allowed at the top level"), "{errors}");
+        let errors =
+            compile_one("domain: d\ndescriptors:\n  - key: k\n    quota: {}\n").unwrap_err();
+        assert!(
+            errors.0[0]
+                .message
+                .contains("quota is only allowed at the top level"),
+            "{errors}"
+        );
     }
 
     #[test]
     fn merged_files_may_declare_quota_once() {
-        let a = (PathBuf::from("a.yaml"), "domain: d\nquota: {}\ndescriptors:\n  - key: a\n".to_owned());
-        let b = (PathBuf::from("b.yaml"), "domain: d\ndescriptors:\n  - key: b\n".to_owned());
+        let a = (
+            PathBuf::from("a.yaml"),
+            "domain: d\nquota: {}\ndescriptors:\n  - key: a\n".to_owned(),
+        );
+        let b = (
+            PathBuf::from("b.yaml"),
+            "domain: d\ndescriptors:\n  - key: b\n".to_owned(),
+        );
         let c = (PathBuf::from("c.yaml"), "domain: d\nquota: {}\n".to_owned());
-        let merge = LoadOptions { merge_domains: true };
+        let merge = LoadOptions {
+            merge_domains: true,
+        };
         let rules = compile(&[a.clone(), b], &merge, &Metrics::new()).unwrap();
         assert!(rules.domain("d").unwrap().quota.is_some());
         let errors = compile(&[a, c], &merge, &Metrics::new()).unwrap_err();
         assert_eq!(errors.0[0].file, Path::new("c.yaml"));
-        assert!(errors.0[0].message.contains("already has a quota block (in a.yaml)"), "{errors}");
+        assert!(
+            errors.0[0]
+                .message
+                .contains("already has a quota block (in a.yaml)"),
+            "{errors}"
+        );
     }
 
     #[test]
     fn merging_rejects_a_repeated_top_level_key() {
-        let a = (PathBuf::from("a.yaml"), "domain: d\ndescriptors:\n  - key: k\n".to_owned());
-        let b = (PathBuf::from("b.yaml"), "domain: d\ndescriptors:\n  - key: k\n".to_owned());
-        let merge = LoadOptions { merge_domains: true };
+        let a = (
+            PathBuf::from("a.yaml"),
+            "domain: d\ndescriptors:\n  - key: k\n".to_owned(),
+        );
+        let b = (
+            PathBuf::from("b.yaml"),
+            "domain: d\ndescriptors:\n  - key: k\n".to_owned(),
+        );
+        let merge = LoadOptions {
+            merge_domains: true,
+        };
         let errors = compile(&[a, b], &merge, &Metrics::new()).unwrap_err();
         assert_eq!(errors.0[0].file, Path::new("b.yaml"));
-        assert!(errors.0[0].message.contains("duplicate descriptor composite key 'd.k'"));
+        assert!(
+            errors.0[0]
+                .message
+                .contains("duplicate descriptor composite key 'd.k'")
+        );
     }
 }

@@ -43,8 +43,16 @@ pub struct QuotaKeys {
 
 impl Default for QuotaKeys {
     fn default() -> Self {
-        let [tenant, session, model, token_type, request_id, estimate] = FIELDS.map(|(_, default)| default.to_owned());
-        Self { tenant, session, model, token_type, request_id, estimate }
+        let [tenant, session, model, token_type, request_id, estimate] =
+            FIELDS.map(|(_, default)| default.to_owned());
+        Self {
+            tenant,
+            session,
+            model,
+            token_type,
+            request_id,
+            estimate,
+        }
     }
 }
 
@@ -57,11 +65,16 @@ impl QuotaKeys {
         let mut keys: [Option<String>; 6] = Default::default();
         for (field, given) in map {
             let Value::String(field) = field else {
-                return Err(format!("quota: field names must be strings, found {field:?}"));
+                return Err(format!(
+                    "quota: field names must be strings, found {field:?}"
+                ));
             };
             let Some(slot) = FIELDS.iter().position(|(name, _)| name == field) else {
                 let expected: Vec<&str> = FIELDS.iter().map(|(name, _)| *name).collect();
-                return Err(format!("quota: unknown field '{field}' (expected one of {})", expected.join(", ")));
+                return Err(format!(
+                    "quota: unknown field '{field}' (expected one of {})",
+                    expected.join(", ")
+                ));
             };
             match given {
                 Value::String(key) if !key.trim().is_empty() => keys[slot] = Some(key.clone()),
@@ -71,12 +84,23 @@ impl QuotaKeys {
                         FIELDS[slot].1
                     ));
                 }
-                other => return Err(format!("quota.{field} must be a descriptor key name, found {other:?}")),
+                other => {
+                    return Err(format!(
+                        "quota.{field} must be a descriptor key name, found {other:?}"
+                    ));
+                }
             }
         }
         let [tenant, session, model, token_type, request_id, estimate] =
             std::array::from_fn(|i| keys[i].take().unwrap_or_else(|| FIELDS[i].1.to_owned()));
-        let compiled = QuotaKeys { tenant, session, model, token_type, request_id, estimate };
+        let compiled = QuotaKeys {
+            tenant,
+            session,
+            model,
+            token_type,
+            request_id,
+            estimate,
+        };
         compiled.check_distinct()?;
         Ok(compiled)
     }
@@ -98,7 +122,9 @@ impl QuotaKeys {
         let fields = self.fields();
         for (i, (a, key)) in fields.iter().enumerate() {
             if let Some((b, _)) = fields[i + 1..].iter().find(|(_, other)| other == key) {
-                return Err(format!("quota.{a} and quota.{b} both name descriptor key '{key}'; each must be distinct"));
+                return Err(format!(
+                    "quota.{a} and quota.{b} both name descriptor key '{key}'; each must be distinct"
+                ));
             }
         }
         Ok(())
@@ -136,25 +162,51 @@ mod tests {
     #[test]
     fn an_unknown_field_is_named_with_the_expected_ones() {
         let err = compile("{tenant: t}").unwrap_err();
-        assert!(err.contains("unknown field 'tenant'") && err.contains("tenant_key"), "{err}");
+        assert!(
+            err.contains("unknown field 'tenant'") && err.contains("tenant_key"),
+            "{err}"
+        );
     }
 
     #[test]
     fn an_empty_or_null_key_name_is_rejected() {
-        assert!(compile("{tenant_key: ''}").unwrap_err().contains("quota.tenant_key must not be empty"));
-        assert!(compile("{model_key: }").unwrap_err().contains("quota.model_key must not be empty"));
-        assert!(compile("{model_key: [a]}").unwrap_err().contains("quota.model_key must be a descriptor key name"));
+        assert!(
+            compile("{tenant_key: ''}")
+                .unwrap_err()
+                .contains("quota.tenant_key must not be empty")
+        );
+        assert!(
+            compile("{model_key: }")
+                .unwrap_err()
+                .contains("quota.model_key must not be empty")
+        );
+        assert!(
+            compile("{model_key: [a]}")
+                .unwrap_err()
+                .contains("quota.model_key must be a descriptor key name")
+        );
     }
 
     #[test]
     fn a_block_that_is_not_a_mapping_is_rejected() {
-        assert!(compile("~").unwrap_err().contains("quota must be a mapping"));
-        assert!(compile("tenant_id").unwrap_err().contains("quota must be a mapping"));
+        assert!(
+            compile("~")
+                .unwrap_err()
+                .contains("quota must be a mapping")
+        );
+        assert!(
+            compile("tenant_id")
+                .unwrap_err()
+                .contains("quota must be a mapping")
+        );
     }
 
     #[test]
     fn two_meanings_cannot_share_a_key() {
         let err = compile("{tenant_key: model}").unwrap_err();
-        assert!(err.contains("quota.tenant_key and quota.model_key both name descriptor key 'model'"), "{err}");
+        assert!(
+            err.contains("quota.tenant_key and quota.model_key both name descriptor key 'model'"),
+            "{err}"
+        );
     }
 }

@@ -20,7 +20,9 @@ pub struct RuleSet {
 
 impl std::fmt::Debug for RuleSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RuleSet").field("domains", &self.domain_names()).finish()
+        f.debug_struct("RuleSet")
+            .field("domains", &self.domain_names())
+            .finish()
     }
 }
 
@@ -70,7 +72,10 @@ impl Domain {
     /// every entry matched. No backtracking: an exact match that dead-ends does not try
     /// the default. Deeper requests than the tree, or shallower, simply dead-end or stop
     /// at a node; the caller applies only the last node's limit.
-    pub fn find<'a>(&self, entries: impl IntoIterator<Item = (&'a str, &'a str)>) -> Option<Vec<&Node>> {
+    pub fn find<'a>(
+        &self,
+        entries: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Option<Vec<&Node>> {
         let mut level = &self.root;
         let mut path = Vec::with_capacity(4);
         for (key, value) in entries {
@@ -123,10 +128,17 @@ impl Level {
             (None, _) => {
                 self.defaults.insert(node.key.clone(), node);
             }
-            (Some(_), Some(_)) => self.wildcards.entry(node.key.clone()).or_default().push(node),
+            (Some(_), Some(_)) => self
+                .wildcards
+                .entry(node.key.clone())
+                .or_default()
+                .push(node),
             (Some(v), None) => {
                 let v = v.clone();
-                self.exact.entry(node.key.clone()).or_default().insert(v, node);
+                self.exact
+                    .entry(node.key.clone())
+                    .or_default()
+                    .insert(v, node);
             }
         }
         Ok(())
@@ -190,7 +202,10 @@ pub enum Period {
     /// Windows of this many seconds, aligned to the Unix epoch so replicas agree.
     Fixed(u64),
     /// Calendar days, ISO weeks (from Monday), months or years in a timezone.
-    Calendar { unit: Unit, timezone: jiff::tz::TimeZone },
+    Calendar {
+        unit: Unit,
+        timezone: jiff::tz::TimeZone,
+    },
 }
 
 /// How a limit counts.
@@ -250,7 +265,11 @@ impl Limit {
     /// quota_mode: false` (unlimited rules print `unit=UNKNOWN requests_per_unit=0`), then
     /// the name and any of tollgate's extensions in use.
     fn describe(&self, node: &Node) -> String {
-        let (unit, rpu) = if self.unlimited { ("UNKNOWN", 0) } else { (self.unit.name(), self.requests_per_unit) };
+        let (unit, rpu) = if self.unlimited {
+            ("UNKNOWN", 0)
+        } else {
+            (self.unit.name(), self.requests_per_unit)
+        };
         let mut text = format!(
             "unit={unit} requests_per_unit={rpu}, shadow_mode: {}, quota_mode: {}",
             node.shadow_mode, node.quota_mode
@@ -259,16 +278,21 @@ impl Limit {
             text.push_str(&format!(", name: {name}"));
         }
         match &self.period {
-            Period::Fixed(secs) if *secs != self.unit.seconds() => text.push_str(&format!(", window: {secs}s")),
-            Period::Fixed(_) => {}
-            Period::Calendar { timezone, .. } => {
-                text.push_str(&format!(", calendar: {}", timezone.iana_name().unwrap_or("UTC")))
+            Period::Fixed(secs) if *secs != self.unit.seconds() => {
+                text.push_str(&format!(", window: {secs}s"))
             }
+            Period::Fixed(_) => {}
+            Period::Calendar { timezone, .. } => text.push_str(&format!(
+                ", calendar: {}",
+                timezone.iana_name().unwrap_or("UTC")
+            )),
         }
         match self.algorithm {
             Algorithm::FixedWindow => {}
             Algorithm::SlidingWindow => text.push_str(", algorithm: sliding_window"),
-            Algorithm::TokenBucket { burst } => text.push_str(&format!(", algorithm: token_bucket, burst: {burst}")),
+            Algorithm::TokenBucket { burst } => {
+                text.push_str(&format!(", algorithm: token_bucket, burst: {burst}"))
+            }
         }
         text
     }

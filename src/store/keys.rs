@@ -70,8 +70,20 @@ mod tests {
 
     #[test]
     fn keys_sharing_domain_and_first_entry_share_a_tag() {
-        let a = counter_key("", "dom", [("tenant", "acme"), ("model", "m1")], "", Some(0));
-        let b = counter_key("", "dom", [("tenant", "acme"), ("session", "s")], "x", Some(0));
+        let a = counter_key(
+            "",
+            "dom",
+            [("tenant", "acme"), ("model", "m1")],
+            "",
+            Some(0),
+        );
+        let b = counter_key(
+            "",
+            "dom",
+            [("tenant", "acme"), ("session", "s")],
+            "x",
+            Some(0),
+        );
         let c = counter_key("", "dom", [("tenant", "other")], "", Some(0));
         assert_eq!(hash_tag(&a), hash_tag(&b));
         assert_ne!(hash_tag(&a), hash_tag(&c));

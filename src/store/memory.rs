@@ -12,7 +12,9 @@ use std::time::Duration;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 
-use super::{CounterKind, CounterStore, CounterUpdate, StoreError, bucket_in_use, sliding_estimate};
+use super::{
+    CounterKind, CounterStore, CounterUpdate, StoreError, bucket_in_use, sliding_estimate,
+};
 use crate::clock::SharedClock;
 
 #[derive(Debug, Clone, Copy)]
@@ -93,7 +95,10 @@ impl MemoryStore {
                 } else {
                     None
                 };
-                (before, after.map(|a| (a, Expiry::IfNew(now_secs + ttl_secs.max(&1)))))
+                (
+                    before,
+                    after.map(|a| (a, Expiry::IfNew(now_secs + ttl_secs.max(&1)))),
+                )
             }),
             CounterKind::Idle { idle_secs, cap } => self.update(&update.key, now_secs, |count| {
                 let before = count.unwrap_or(0);
@@ -111,9 +116,15 @@ impl MemoryStore {
                 };
                 (before, write)
             }),
-            CounterKind::Sliding { previous_key, previous_weight_ppm, ttl_secs, limit } => {
+            CounterKind::Sliding {
+                previous_key,
+                previous_weight_ppm,
+                ttl_secs,
+                limit,
+            } => {
                 // The previous window is closed, so reading it apart from the update is safe.
-                let previous = self.update(previous_key, now_secs, |count| (count.unwrap_or(0), None));
+                let previous =
+                    self.update(previous_key, now_secs, |count| (count.unwrap_or(0), None));
                 self.update(&update.key, now_secs, |count| {
                     let current = count.unwrap_or(0);
                     let before = sliding_estimate(current, previous, *previous_weight_ppm);
@@ -126,10 +137,17 @@ impl MemoryStore {
                     } else {
                         None
                     };
-                    (before, after.map(|a| (a, Expiry::IfNew(now_secs + ttl_secs.max(&1)))))
+                    (
+                        before,
+                        after.map(|a| (a, Expiry::IfNew(now_secs + ttl_secs.max(&1)))),
+                    )
                 })
             }
-            CounterKind::Bucket { now_us, interval_us, capacity } => self.update(&update.key, now_secs, |stored| {
+            CounterKind::Bucket {
+                now_us,
+                interval_us,
+                capacity,
+            } => self.update(&update.key, now_secs, |stored| {
                 // A zero interval reads as 1 us, as in `bucket_in_use` and the Redis script;
                 // taken as zero it would make every take free.
                 let interval = (*interval_us).max(1);
@@ -146,14 +164,22 @@ impl MemoryStore {
                     None
                 };
                 // The bucket is full again (and forgettable) once the clock reaches its TAT.
-                (in_use, new_tat.map(|t| (t, Expiry::At(t.div_ceil(1_000_000) + 1))))
+                (
+                    in_use,
+                    new_tat.map(|t| (t, Expiry::At(t.div_ceil(1_000_000) + 1))),
+                )
             }),
         }
     }
 
     /// Runs `f` on the live value of `key` (`None` when absent or expired) under the
     /// key's lock, and stores the new value and expiry `f` returns, if any.
-    fn update<R>(&self, key: &str, now_secs: u64, f: impl FnOnce(Option<u64>) -> (R, Option<(u64, Expiry)>)) -> R {
+    fn update<R>(
+        &self,
+        key: &str,
+        now_secs: u64,
+        f: impl FnOnce(Option<u64>) -> (R, Option<(u64, Expiry)>),
+    ) -> R {
         if let Some(mut slot) = self.slots.get_mut(key) {
             if slot.expires_at > now_secs {
                 let (out, write) = f(Some(slot.count));

@@ -56,7 +56,11 @@ pub enum CounterKind {
     /// One token returns every `interval_us`; at most `capacity` are held. Tokens are
     /// taken only when all `hits` are available. `now_us` is the limiter's clock, so
     /// replicas and tests agree on time.
-    Bucket { now_us: u64, interval_us: u64, capacity: u64 },
+    Bucket {
+        now_us: u64,
+        interval_us: u64,
+        capacity: u64,
+    },
 }
 
 impl CounterUpdate {
@@ -66,7 +70,10 @@ impl CounterUpdate {
             key: key.into(),
             hits,
             refund: false,
-            kind: CounterKind::Window { ttl_secs, cap: None },
+            kind: CounterKind::Window {
+                ttl_secs,
+                cap: None,
+            },
         }
     }
 
@@ -82,13 +89,18 @@ impl CounterUpdate {
             key: key.into(),
             hits,
             refund: false,
-            kind: CounterKind::Idle { idle_secs, cap: None },
+            kind: CounterKind::Idle {
+                idle_secs,
+                cap: None,
+            },
         }
     }
 
     /// Leaves a fixed-window or idle counter unchanged when the hits would take it above `cap`.
     pub fn capped(mut self, cap: u64) -> Self {
-        if let CounterKind::Window { cap: c, .. } | CounterKind::Idle { cap: c, .. } = &mut self.kind {
+        if let CounterKind::Window { cap: c, .. } | CounterKind::Idle { cap: c, .. } =
+            &mut self.kind
+        {
             *c = Some(cap);
         }
         self

@@ -86,8 +86,8 @@ use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{
     AsyncConnectionConfig, Client, ClientTlsConfig, ConnectionAddr, ConnectionInfo,
-    IntoConnectionInfo, RedisConnectionInfo, RedisError, RedisResult, Script,
-    ScriptInvocation, TlsCertificates, TlsMode,
+    IntoConnectionInfo, RedisConnectionInfo, RedisError, RedisResult, Script, ScriptInvocation,
+    TlsCertificates, TlsMode,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -300,7 +300,10 @@ impl RedisOptions {
                 let pem = read_tls_file(TlsFile::Ca, path)?;
                 for cert in pem_certificates(TlsFile::Ca, path, &pem)? {
                     roots.add(cert).map_err(|e| {
-                        TlsFile::Ca.error(path, format!("holds a certificate that cannot be a CA: {e}"))
+                        TlsFile::Ca.error(
+                            path,
+                            format!("holds a certificate that cannot be a CA: {e}"),
+                        )
                     })?;
                 }
                 Some(pem)
@@ -334,10 +337,8 @@ impl RedisOptions {
                                 cert_path.display()
                             ),
                         ),
-                        rustls::Error::InvalidCertificate(_) => {
-                            TlsFile::ClientCert
-                                .error(cert_path, format!("is not a usable certificate: {e}"))
-                        }
+                        rustls::Error::InvalidCertificate(_) => TlsFile::ClientCert
+                            .error(cert_path, format!("is not a usable certificate: {e}")),
                         other => TlsFile::ClientKey
                             .error(key_path, format!("is not a usable private key: {other}")),
                     })?;
@@ -911,7 +912,9 @@ async fn run_batcher(inner: Weak<Inner>, mut queue: mpsc::UnboundedReceiver<Job>
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     while let Some(first) = queue.recv().await {
         // While every call slot is busy, more jobs queue up and join this batch.
-        let Ok(slot) = in_flight.clone().acquire_owned().await else { return };
+        let Ok(slot) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
         let mut size = first.updates.len();
         let mut batch = vec![first];
         while size < MAX_BATCH_UPDATES {
@@ -927,7 +930,10 @@ async fn run_batcher(inner: Weak<Inner>, mut queue: mpsc::UnboundedReceiver<Job>
         tokio::spawn(async move {
             let _slot = slot;
             let sizes: Vec<usize> = batch.iter().map(|job| job.updates.len()).collect();
-            let updates: Vec<CounterUpdate> = batch.iter_mut().flat_map(|job| std::mem::take(&mut job.updates)).collect();
+            let updates: Vec<CounterUpdate> = batch
+                .iter_mut()
+                .flat_map(|job| std::mem::take(&mut job.updates))
+                .collect();
             match inner.call(&updates).await {
                 Ok(values) => {
                     let mut values = values.into_iter();
@@ -1002,7 +1008,10 @@ impl Inner {
 }
 
 /// The TLS files of `options`, checked against each other and against `target`.
-fn tls_for(target: &RedisTarget, options: &RedisOptions) -> Result<Option<TlsCertificates>, String> {
+fn tls_for(
+    target: &RedisTarget,
+    options: &RedisOptions,
+) -> Result<Option<TlsCertificates>, String> {
     let Some(certs) = options.tls_certificates().map_err(|e| e.to_string())? else {
         return Ok(None);
     };
@@ -1169,12 +1178,31 @@ fn invocation<'a>(
                 };
                 call.arg("");
             }
-            CounterKind::Sliding { previous_key, previous_weight_ppm, ttl_secs, limit } => {
+            CounterKind::Sliding {
+                previous_key,
+                previous_weight_ppm,
+                ttl_secs,
+                limit,
+            } => {
                 call.key(previous_key);
-                call.arg("s").arg(u.hits).arg(refund).arg(ttl_secs.max(&1)).arg(limit).arg(previous_weight_ppm);
+                call.arg("s")
+                    .arg(u.hits)
+                    .arg(refund)
+                    .arg(ttl_secs.max(&1))
+                    .arg(limit)
+                    .arg(previous_weight_ppm);
             }
-            CounterKind::Bucket { now_us, interval_us, capacity } => {
-                call.arg("b").arg(u.hits).arg(refund).arg(now_us).arg(interval_us.max(&1)).arg(capacity);
+            CounterKind::Bucket {
+                now_us,
+                interval_us,
+                capacity,
+            } => {
+                call.arg("b")
+                    .arg(u.hits)
+                    .arg(refund)
+                    .arg(now_us)
+                    .arg(interval_us.max(&1))
+                    .arg(capacity);
             }
         }
     }
@@ -1461,6 +1489,9 @@ mod tests {
         let call = invocation(&updates);
         // The invocation hides its arguments; its Debug reports the counts.
         let shown = format!("{call:?}");
-        assert!(shown.contains("args: 12") && shown.contains("keys: 3"), "{shown}");
+        assert!(
+            shown.contains("args: 12") && shown.contains("keys: 3"),
+            "{shown}"
+        );
     }
 }

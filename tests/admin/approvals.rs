@@ -43,8 +43,17 @@ fn id_of(answer: &Answer) -> String {
 
 /// The audit actions on one entity, oldest first.
 async fn actions(app: &AdminApp, entity_type: &str, id: &str) -> Vec<String> {
-    let audit = app.get(&format!("/audit?entity_type={entity_type}&entity_id={id}"), ADMIN).await.expect(200);
-    items(&audit).iter().map(|e| e["action"].as_str().unwrap().to_owned()).collect()
+    let audit = app
+        .get(
+            &format!("/audit?entity_type={entity_type}&entity_id={id}"),
+            ADMIN,
+        )
+        .await
+        .expect(200);
+    items(&audit)
+        .iter()
+        .map(|e| e["action"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 /// The acme monthly cost budget of the worked example; its id.

@@ -158,7 +158,9 @@ fn row(method: Method, route: &'static str, path: impl Into<String>, want: &'sta
         path: path.into(),
         body: None,
         fresh: Fresh::None,
-        want: want.try_into().expect("five expectations: admin approver finance tenant-a tenant-b"),
+        want: want
+            .try_into()
+            .expect("five expectations: admin approver finance tenant-a tenant-b"),
         public: false,
         shows_tenants: false,
     }
@@ -197,7 +199,13 @@ impl Row {
 
 /// Whether `status` is one of the `|`-separated alternatives of `want`.
 fn accepts(want: &str, status: u16) -> bool {
-    want.split('|').any(|w| if w == "ok" { (200..300).contains(&status) } else { w.parse() == Ok(status) })
+    want.split('|').any(|w| {
+        if w == "ok" {
+            (200..300).contains(&status)
+        } else {
+            w.parse() == Ok(status)
+        }
+    })
 }
 
 /// Tokens of every caller and the seeded resources' ids.
@@ -225,7 +233,9 @@ impl Seed {
             Who::TenantA => Some(&self.tenant_a),
             Who::TenantB => Some(&self.tenant_b),
             Who::Revoked => Some(&self.revoked),
-            Who::Garbage => Some("tg_0000000000000000000000000000000000000000000000000000000000000000"),
+            Who::Garbage => {
+                Some("tg_0000000000000000000000000000000000000000000000000000000000000000")
+            }
             Who::NoToken => None,
         }
     }
@@ -242,7 +252,10 @@ async fn token(app: &AdminApp, role: &str, tenant: Option<&str>) -> (String, Str
         body["tenant_id"] = tenant.into();
     }
     let created = app.post("/tokens", ADMIN, body).await.expect(201);
-    (created.body["secret"].as_str().unwrap().to_owned(), created.body["id"].as_str().unwrap().to_owned())
+    (
+        created.body["secret"].as_str().unwrap().to_owned(),
+        created.body["id"].as_str().unwrap().to_owned(),
+    )
 }
 
 fn id_of(answer: &Answer) -> String {
@@ -254,7 +267,13 @@ fn monthly_cost(tenant: &str, name: &str) -> Value {
         "amount": "100.00", "enforcement": "hard", "alert_thresholds": [80, 100]})
 }
 
-fn event(request_id: &str, tenant: &str, session: &str, model: &str, lines: &[(&str, u64, i64)]) -> UsageEvent {
+fn event(
+    request_id: &str,
+    tenant: &str,
+    session: &str,
+    model: &str,
+    lines: &[(&str, u64, i64)],
+) -> UsageEvent {
     UsageEvent {
         request_id: request_id.into(),
         tenant_id: tenant.into(),
@@ -279,7 +298,15 @@ fn event(request_id: &str, tenant: &str, session: &str, model: &str, lines: &[(&
 async fn seed(app: &AdminApp) -> Seed {
     for tenant in [ALPHA, BRAVO] {
         app.tenant(tenant).await;
-        app.ledger.set_tenant_status("test", tenant, &[TenantStatus::Pending], TenantStatus::Active).await.unwrap();
+        app.ledger
+            .set_tenant_status(
+                "test",
+                tenant,
+                &[TenantStatus::Pending],
+                TenantStatus::Active,
+            )
+            .await
+            .unwrap();
     }
     for (token_type, amount) in [("input", "3.00"), ("output", "15.00")] {
         let price = json!({"model": "claude-sonnet", "token_type": token_type, "currency": "USD", "price_per_million": amount, "effective_from": NOV_1});
@@ -290,25 +317,60 @@ async fn seed(app: &AdminApp) -> Seed {
     let (tenant_a, tenant_a_id) = token(app, "tenant", Some(ALPHA)).await;
     let (tenant_b, tenant_b_id) = token(app, "tenant", Some(BRAVO)).await;
     let (revoked, revoked_id) = token(app, "admin", None).await;
-    app.delete(&format!("/tokens/{revoked_id}"), ADMIN).await.expect(200);
+    app.delete(&format!("/tokens/{revoked_id}"), ADMIN)
+        .await
+        .expect(200);
 
-    let budget_a = id_of(&app.post("/budgets", ADMIN, monthly_cost(ALPHA, "alpha-monthly")).await.expect(201));
-    let budget_b = id_of(&app.post("/budgets", ADMIN, monthly_cost(BRAVO, "bravo-monthly")).await.expect(201));
+    let budget_a = id_of(
+        &app.post("/budgets", ADMIN, monthly_cost(ALPHA, "alpha-monthly"))
+            .await
+            .expect(201),
+    );
+    let budget_b = id_of(
+        &app.post("/budgets", ADMIN, monthly_cost(BRAVO, "bravo-monthly"))
+            .await
+            .expect(201),
+    );
     let global = json!({"name": "platform-global", "scope": "global", "measure": "cost", "currency": "USD",
         "period": {"calendar": "month"}, "amount": "1000.00", "enforcement": "soft"});
     let budget_global = id_of(&app.post("/budgets", ADMIN, global).await.expect(201));
 
     let ask = |model: &str| json!({"kind": "model_access", "reason": format!("{model} please"), "payload": {"model": model}});
-    let approval_a = id_of(&app.post("/approvals", &tenant_a, ask("alpha-model")).await.expect(201));
-    let approval_b = id_of(&app.post("/approvals", &tenant_b, ask("bravo-model")).await.expect(201));
+    let approval_a = id_of(
+        &app.post("/approvals", &tenant_a, ask("alpha-model"))
+            .await
+            .expect(201),
+    );
+    let approval_b = id_of(
+        &app.post("/approvals", &tenant_b, ask("bravo-model"))
+            .await
+            .expect(201),
+    );
 
     let usage = [
-        event("alpha-r1", ALPHA, "alpha-session", "claude-sonnet", &[("input", 1_000, 3_000), ("output", 100, 1_500)]),
-        event("bravo-r1", BRAVO, "bravo-session", "bravo-model", &[("input", 500, 777)]),
+        event(
+            "alpha-r1",
+            ALPHA,
+            "alpha-session",
+            "claude-sonnet",
+            &[("input", 1_000, 3_000), ("output", 100, 1_500)],
+        ),
+        event(
+            "bravo-r1",
+            BRAVO,
+            "bravo-session",
+            "bravo-model",
+            &[("input", 500, 777)],
+        ),
     ];
     app.ledger.record_usage(&usage).await.unwrap();
-    let adjustment = json!({"tenant_id": BRAVO, "kind": "grant", "amount": "-1.25", "note": "bravo goodwill"});
-    let adjustment_b = id_of(&app.post("/adjustments", ADMIN, adjustment).await.expect(201));
+    let adjustment =
+        json!({"tenant_id": BRAVO, "kind": "grant", "amount": "-1.25", "note": "bravo goodwill"});
+    let adjustment_b = id_of(
+        &app.post("/adjustments", ADMIN, adjustment)
+            .await
+            .expect(201),
+    );
 
     let mut seed = Seed {
         admin: ADMIN.to_owned(),
@@ -323,10 +385,21 @@ async fn seed(app: &AdminApp) -> Seed {
         owned: Vec::new(),
     };
     // Every name of a tenant's holds its id; the ids of its records are listed too.
-    for text in [ALPHA, tenant_a_id.as_str(), budget_a.as_str(), approval_a.as_str()] {
+    for text in [
+        ALPHA,
+        tenant_a_id.as_str(),
+        budget_a.as_str(),
+        approval_a.as_str(),
+    ] {
         seed.own(ALPHA, text);
     }
-    for text in [BRAVO, tenant_b_id.as_str(), budget_b.as_str(), approval_b.as_str(), adjustment_b.as_str()] {
+    for text in [
+        BRAVO,
+        tenant_b_id.as_str(),
+        budget_b.as_str(),
+        approval_b.as_str(),
+        adjustment_b.as_str(),
+    ] {
         seed.own(BRAVO, text);
     }
     seed.own(GLOBAL, "platform-global");
@@ -340,9 +413,14 @@ async fn make_fresh(app: &AdminApp, seed: &mut Seed, fresh: Fresh, n: usize) -> 
     let zulu_tenant = async |status: TenantStatus| {
         let id = format!("{ZULU}{n}");
         app.tenant(&id).await;
-        app.ledger.set_tenant_status("test", &id, &[TenantStatus::Pending], TenantStatus::Active).await.unwrap();
+        app.ledger
+            .set_tenant_status("test", &id, &[TenantStatus::Pending], TenantStatus::Active)
+            .await
+            .unwrap();
         if status == TenantStatus::Suspended {
-            app.post(&format!("/tenants/{id}/suspend"), ADMIN, json!({})).await.expect(200);
+            app.post(&format!("/tenants/{id}/suspend"), ADMIN, json!({}))
+                .await
+                .expect(200);
         }
         id
     };
@@ -350,7 +428,11 @@ async fn make_fresh(app: &AdminApp, seed: &mut Seed, fresh: Fresh, n: usize) -> 
         Fresh::None => return None,
         Fresh::ApprovalOfA => {
             let body = json!({"kind": "model_access", "reason": "fresh", "payload": {"model": format!("alpha-fresh-{n}")}});
-            id_of(&app.post("/approvals", &seed.tenant_a, body).await.expect(201))
+            id_of(
+                &app.post("/approvals", &seed.tenant_a, body)
+                    .await
+                    .expect(201),
+            )
         }
         Fresh::Token => token(app, "finance", None).await.1,
         Fresh::ActiveTenant => zulu_tenant(TenantStatus::Active).await,
@@ -369,7 +451,11 @@ async fn make_fresh(app: &AdminApp, seed: &mut Seed, fresh: Fresh, n: usize) -> 
 /// The matrix. Columns: admin, approver, finance, tenant A, tenant B.
 fn matrix(seed: &Seed) -> Vec<Row> {
     use Method as M;
-    let (budget_a, budget_global, approval_a) = (seed.budget_a.clone(), seed.budget_global.clone(), seed.approval_a.clone());
+    let (budget_a, budget_global, approval_a) = (
+        seed.budget_a.clone(),
+        seed.budget_global.clone(),
+        seed.approval_a.clone(),
+    );
     // Above the budget's amount (100 for A's, 1000 for the global one).
     let increase = |budget: &str, above: usize| {
         let budget = budget.to_owned();
@@ -468,7 +554,10 @@ fn matrix(seed: &Seed) -> Vec<Row> {
 /// Changes on record: audit entries and ledger entries.
 async fn changes(app: &AdminApp) -> (i64, i64) {
     let count = async |table: &str| -> i64 {
-        sqlx::query_scalar(&format!("SELECT CAST(COUNT(*) AS BIGINT) FROM {table}")).fetch_one(app.ledger.pool()).await.unwrap()
+        sqlx::query_scalar(&format!("SELECT CAST(COUNT(*) AS BIGINT) FROM {table}"))
+            .fetch_one(app.ledger.pool())
+            .await
+            .unwrap()
     };
     (count("audit_log").await, count("ledger_entries").await)
 }
@@ -480,15 +569,24 @@ async fn run_matrix(app: &AdminApp, seed: &mut Seed, rows: &[Row]) -> (Vec<Strin
     for row in rows {
         for who in Who::ALL {
             let fresh = make_fresh(app, seed, row.fresh, requests).await;
-            let path = row.path.replace("{fresh}", fresh.as_deref().unwrap_or_default());
+            let path = row
+                .path
+                .replace("{fresh}", fresh.as_deref().unwrap_or_default());
             let body = row.body.as_ref().map(|body| body(who));
             let before = changes(app).await;
-            let answer = app.send(row.method.clone(), &path, seed.secret(who), body.as_ref()).await;
+            let answer = app
+                .send(row.method.clone(), &path, seed.secret(who), body.as_ref())
+                .await;
             requests += 1;
             let status = answer.status.as_u16();
             let want = row.expected(who);
             let label = format!("{} {path} as {}", row.method, who.name());
-            let mut fail = |why: String| failures.push(format!("{label}: {why}; body: {}", answer.text.chars().take(300).collect::<String>()));
+            let mut fail = |why: String| {
+                failures.push(format!(
+                    "{label}: {why}; body: {}",
+                    answer.text.chars().take(300).collect::<String>()
+                ))
+            };
             if !accepts(want, status) {
                 fail(format!("expected {want}, got {status}"));
                 continue;
@@ -504,7 +602,10 @@ async fn run_matrix(app: &AdminApp, seed: &mut Seed, rows: &[Row]) -> (Vec<Strin
             if let Some(code) = code
                 && answer.code() != code
             {
-                fail(format!("a {status} with error code '{}', not '{code}'", answer.code()));
+                fail(format!(
+                    "a {status} with error code '{}', not '{code}'",
+                    answer.code()
+                ));
             }
             if answer.text.contains("no such route") {
                 fail("the matrix names a path the router does not have".into());
@@ -512,18 +613,30 @@ async fn run_matrix(app: &AdminApp, seed: &mut Seed, rows: &[Row]) -> (Vec<Strin
             if !answer.status.is_success() && changes(app).await != before {
                 fail(format!("a {status} changed the ledger or the audit log"));
             }
-            let request = format!("{path} {}", body.as_ref().map(Value::to_string).unwrap_or_default());
+            let request = format!(
+                "{path} {}",
+                body.as_ref().map(Value::to_string).unwrap_or_default()
+            );
             if let Some(own) = who.tenant() {
                 for (owner, text) in &seed.owned {
-                    if owner != own && !request.contains(text.as_str()) && answer.text.contains(text.as_str()) {
-                        fail(format!("a tenant token of '{own}' sees '{text}' of '{owner}'"));
+                    if owner != own
+                        && !request.contains(text.as_str())
+                        && answer.text.contains(text.as_str())
+                    {
+                        fail(format!(
+                            "a tenant token of '{own}' sees '{text}' of '{owner}'"
+                        ));
                     }
                 }
                 if row.shows_tenants && answer.status.is_success() && !answer.text.contains(own) {
                     fail(format!("tenant '{own}' does not see its own data"));
                 }
             }
-            if who.is_staff() && row.shows_tenants && answer.status.is_success() && !(answer.text.contains(ALPHA) && answer.text.contains(BRAVO)) {
+            if who.is_staff()
+                && row.shows_tenants
+                && answer.status.is_success()
+                && !(answer.text.contains(ALPHA) && answer.text.contains(BRAVO))
+            {
                 fail("staff do not see both tenants".into());
             }
         }
@@ -562,12 +675,17 @@ fn source_routes() -> BTreeSet<(String, String)> {
                 .unwrap_or_else(|| panic!("{}: an unclosed .route(", file.display()));
             let call = &call[..end];
             rest = &rest[at + 1..];
-            let path = call.split('"').nth(1).unwrap_or_else(|| panic!("{}: a route without a literal path: {call}", file.display()));
+            let path = call.split('"').nth(1).unwrap_or_else(|| {
+                panic!("{}: a route without a literal path: {call}", file.display())
+            });
             let handlers = &call[call.find(path).unwrap() + path.len() + 1..];
             let mut found = false;
             for method in METHODS {
                 let calls = handlers.match_indices(&format!("{method}(")).any(|(i, _)| {
-                    handlers[..i].chars().next_back().is_none_or(|c| !(c.is_alphanumeric() || c == '_'))
+                    handlers[..i]
+                        .chars()
+                        .next_back()
+                        .is_none_or(|c| !(c.is_alphanumeric() || c == '_'))
                 });
                 if calls {
                     routes.insert((method.to_uppercase(), format!("/v1{path}")));
@@ -585,7 +703,9 @@ fn openapi_routes(doc: &Value) -> BTreeSet<(String, String)> {
     let mut routes = BTreeSet::new();
     for (path, item) in doc["paths"].as_object().expect("paths") {
         for method in item.as_object().unwrap().keys() {
-            if ["get", "post", "put", "patch", "delete", "head", "options"].contains(&method.as_str()) {
+            if ["get", "post", "put", "patch", "delete", "head", "options"]
+                .contains(&method.as_str())
+            {
                 routes.insert((method.to_uppercase(), path.clone()));
             }
         }
@@ -596,11 +716,21 @@ fn openapi_routes(doc: &Value) -> BTreeSet<(String, String)> {
 /// Whether a concrete `/v1`-relative path (with query) fits a route template.
 fn fits(route: &str, path: &str) -> bool {
     let path = format!("/v1{}", path.split('?').next().unwrap());
-    let (route, path): (Vec<&str>, Vec<&str>) = (route.split('/').collect(), path.split('/').collect());
-    route.len() == path.len() && route.iter().zip(&path).all(|(r, p)| r == p || (r.starts_with('{') && !p.is_empty()))
+    let (route, path): (Vec<&str>, Vec<&str>) =
+        (route.split('/').collect(), path.split('/').collect());
+    route.len() == path.len()
+        && route
+            .iter()
+            .zip(&path)
+            .all(|(r, p)| r == p || (r.starts_with('{') && !p.is_empty()))
 }
 
-fn differences(what: &str, left: &BTreeSet<(String, String)>, right: &BTreeSet<(String, String)>, out: &mut String) {
+fn differences(
+    what: &str,
+    left: &BTreeSet<(String, String)>,
+    right: &BTreeSet<(String, String)>,
+    out: &mut String,
+) {
     for route in left.difference(right) {
         writeln!(out, "{} {} {what}", route.0, route.1).unwrap();
     }

@@ -32,7 +32,10 @@ fn items(answer: &Answer) -> &Vec<Value> {
 }
 
 fn names(answer: &Answer) -> Vec<String> {
-    items(answer).iter().map(|b| b["name"].as_str().unwrap().to_owned()).collect()
+    items(answer)
+        .iter()
+        .map(|b| b["name"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 /// Asserts a 422 names `field`: as the error's field, or in the message when the field is
@@ -40,13 +43,24 @@ fn names(answer: &Answer) -> Vec<String> {
 #[track_caller]
 fn assert_field(answer: &Answer, field: &str, context: &Value) {
     assert_eq!(answer.code(), "invalid", "{context}: {}", answer.text);
-    let missing = answer.field() == "body" && answer.text.contains(&format!("missing field `{field}`"));
-    assert!(answer.field() == field || missing, "{context}: expected field {field}: {}", answer.text);
+    let missing =
+        answer.field() == "body" && answer.text.contains(&format!("missing field `{field}`"));
+    assert!(
+        answer.field() == field || missing,
+        "{context}: expected field {field}: {}",
+        answer.text
+    );
 }
 
 async fn audit_actions(app: &AdminApp, id: &str) -> Vec<String> {
-    let audit = app.get(&format!("/audit?entity_type=budget&entity_id={id}"), ADMIN).await.expect(200);
-    items(&audit).iter().map(|e| e["action"].as_str().unwrap().to_owned()).collect()
+    let audit = app
+        .get(&format!("/audit?entity_type=budget&entity_id={id}"), ADMIN)
+        .await
+        .expect(200);
+    items(&audit)
+        .iter()
+        .map(|e| e["action"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 on_both_databases! {

@@ -35,7 +35,8 @@ pub enum Db {
 
 /// The shared PostgreSQL server's maintenance database.
 fn postgres_admin_url() -> String {
-    std::env::var("TOLLGATE_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("TOLLGATE_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 /// A database that exists for one test.
@@ -61,7 +62,10 @@ impl TestDb {
                 let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin)
                     .await
                     .expect("the test PostgreSQL server is reachable");
-                sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
                 let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap();
                 TestDb {
                     url: format!("{base}/{name}"),
@@ -78,10 +82,17 @@ impl Drop for TestDb {
         let Some(name) = self.name.take() else { return };
         // Best effort, off the test's runtime: the database is unique, so a leftover is harmless.
         std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             runtime.block_on(async {
-                if let Ok(mut conn) = <sqlx::AnyConnection as sqlx::Connection>::connect(&postgres_admin_url()).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await;
+                if let Ok(mut conn) =
+                    <sqlx::AnyConnection as sqlx::Connection>::connect(&postgres_admin_url()).await
+                {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut conn)
+                        .await;
                 }
             });
         })
@@ -121,7 +132,11 @@ pub async fn spawn(db: Db) -> AdminApp {
 }
 
 /// An app on an existing test database (a second replica shares the first's).
-pub async fn spawn_on(db: Db, database: Arc<TestDb>, tweak: impl FnOnce(&mut Settings)) -> AdminApp {
+pub async fn spawn_on(
+    db: Db,
+    database: Arc<TestDb>,
+    tweak: impl FnOnce(&mut Settings),
+) -> AdminApp {
     let rules = TempDir::new().unwrap();
     std::fs::write(
         rules.path().join("rules.yaml"),
@@ -141,7 +156,9 @@ pub async fn spawn_on(db: Db, database: Arc<TestDb>, tweak: impl FnOnce(&mut Set
     };
     tweak(&mut settings);
     let clock = ManualClock::at_secs(START_SECS);
-    let app = App::build_with_clock(settings, Arc::new(clock.clone())).await.expect("the app builds");
+    let app = App::build_with_clock(settings, Arc::new(clock.clone()))
+        .await
+        .expect("the app builds");
     let base = format!("http://{}/v1", app.http_addr());
     let grpc = format!("http://{}", app.grpc_addr());
     let ledger = app.ledger().clone();
@@ -175,7 +192,12 @@ impl Answer {
     /// Asserts the status, showing the body when it differs.
     #[track_caller]
     pub fn expect(self, status: u16) -> Answer {
-        assert_eq!(self.status.as_u16(), status, "unexpected status; body: {}", self.text);
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "unexpected status; body: {}",
+            self.text
+        );
         self
     }
 
@@ -192,13 +214,21 @@ impl Answer {
 
 impl AdminApp {
     /// Sends a request with `token` (if any) and an optional JSON body.
-    pub async fn send(&self, method: Method, path: &str, token: Option<&str>, body: Option<&Value>) -> Answer {
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Answer {
         let mut request = self.http.request(method, format!("{}{path}", self.base));
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
         if let Some(body) = body {
-            request = request.header("content-type", "application/json").body(body.to_string());
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
         }
         let response = request.send().await.unwrap();
         let status = response.status();
@@ -208,7 +238,14 @@ impl AdminApp {
     }
 
     /// Sends raw bytes with a content type (for malformed-input tests).
-    pub async fn send_raw(&self, method: Method, path: &str, token: &str, content_type: &str, body: Vec<u8>) -> Answer {
+    pub async fn send_raw(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Answer {
         let response = self
             .http
             .request(method, format!("{}{path}", self.base))
@@ -229,11 +266,13 @@ impl AdminApp {
     }
 
     pub async fn post(&self, path: &str, token: &str, body: Value) -> Answer {
-        self.send(Method::POST, path, Some(token), Some(&body)).await
+        self.send(Method::POST, path, Some(token), Some(&body))
+            .await
     }
 
     pub async fn patch(&self, path: &str, token: &str, body: Value) -> Answer {
-        self.send(Method::PATCH, path, Some(token), Some(&body)).await
+        self.send(Method::PATCH, path, Some(token), Some(&body))
+            .await
     }
 
     pub async fn delete(&self, path: &str, token: &str) -> Answer {
@@ -257,13 +296,24 @@ impl AdminApp {
             descriptors: descriptors
                 .iter()
                 .map(|entries| RateLimitDescriptor {
-                    entries: entries.iter().map(|(k, v)| Entry { key: (*k).into(), value: (*v).into() }).collect(),
+                    entries: entries
+                        .iter()
+                        .map(|(k, v)| Entry {
+                            key: (*k).into(),
+                            value: (*v).into(),
+                        })
+                        .collect(),
                     ..RateLimitDescriptor::default()
                 })
                 .collect(),
             hits_addend: 0,
         };
-        self.rls.clone().should_rate_limit(request).await.expect("ShouldRateLimit answers").into_inner()
+        self.rls
+            .clone()
+            .should_rate_limit(request)
+            .await
+            .expect("ShouldRateLimit answers")
+            .into_inner()
     }
 
     /// Creates a pending tenant with defaults.

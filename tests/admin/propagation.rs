@@ -59,34 +59,58 @@ async fn verdict(app: &AdminApp, entries: &[(&str, &str)]) -> Verdict {
         assert!(response.raw_body.is_empty());
         return Verdict::Ok;
     }
-    let json_header =
-        response.response_headers_to_add.iter().any(|h| h.key == "content-type" && h.value == "application/json");
-    assert!(json_header, "a refusal's body is declared as JSON: {response:?}");
-    let name = response.statuses[0].current_limit.as_ref().map(|l| l.name.clone()).unwrap_or_default();
-    Verdict::Refused(name, serde_json::from_slice(&response.raw_body).unwrap_or(Value::Null))
+    let json_header = response
+        .response_headers_to_add
+        .iter()
+        .any(|h| h.key == "content-type" && h.value == "application/json");
+    assert!(
+        json_header,
+        "a refusal's body is declared as JSON: {response:?}"
+    );
+    let name = response.statuses[0]
+        .current_limit
+        .as_ref()
+        .map(|l| l.name.clone())
+        .unwrap_or_default();
+    Verdict::Refused(
+        name,
+        serde_json::from_slice(&response.raw_body).unwrap_or(Value::Null),
+    )
 }
 
 /// Polls `app` until it answers `expected` for `entries`; fails after `within`.
-async fn eventually(app: &AdminApp, entries: &[(&str, &str)], expected: &Verdict, within: Duration) {
+async fn eventually(
+    app: &AdminApp,
+    entries: &[(&str, &str)],
+    expected: &Verdict,
+    within: Duration,
+) {
     let started = Instant::now();
     loop {
         let got = verdict(app, entries).await;
         if got == *expected {
             return;
         }
-        assert!(started.elapsed() < within, "after {within:?} the replica still answers {got:?}, not {expected:?}");
+        assert!(
+            started.elapsed() < within,
+            "after {within:?} the replica still answers {got:?}, not {expected:?}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
 /// A connection of its own to the test database, as another process would have.
 async fn other_ledger(app: &AdminApp) -> Ledger {
-    Ledger::connect(&app.database.url, Arc::new(SystemClock)).await.unwrap()
+    Ledger::connect(&app.database.url, Arc::new(SystemClock))
+        .await
+        .unwrap()
 }
 
 async fn grant(ledger: &Ledger, model: &str) {
     let mut tx = ledger.begin().await.unwrap();
-    tenants::grant_model_in(&mut tx, ledger.now_ms(), "test", "acme", model).await.unwrap();
+    tenants::grant_model_in(&mut tx, ledger.now_ms(), "test", "acme", model)
+        .await
+        .unwrap();
     ledger.commit_change(tx).await.unwrap();
 }
 
@@ -104,24 +128,42 @@ async fn postgres_changes_reach_the_other_replica_within_a_second() {
 
     // Activated in the ledger by a third party (as an approval will): both allow it.
     let ledger = other_ledger(&a).await;
-    ledger.set_tenant_status("test", "acme", &[TenantStatus::Pending], TenantStatus::Active).await.unwrap();
+    ledger
+        .set_tenant_status(
+            "test",
+            "acme",
+            &[TenantStatus::Pending],
+            TenantStatus::Active,
+        )
+        .await
+        .unwrap();
     eventually(&b, ACME, &Verdict::Ok, SECOND).await;
     eventually(&a, ACME, &Verdict::Ok, SECOND).await;
 
     // A model is refused until it is granted, then allowed on both.
-    assert_eq!(verdict(&a, ACME_SONNET).await, not_approved("claude-sonnet"));
-    assert_eq!(verdict(&b, ACME_SONNET).await, not_approved("claude-sonnet"));
+    assert_eq!(
+        verdict(&a, ACME_SONNET).await,
+        not_approved("claude-sonnet")
+    );
+    assert_eq!(
+        verdict(&b, ACME_SONNET).await,
+        not_approved("claude-sonnet")
+    );
     grant(&ledger, "claude-sonnet").await;
     eventually(&b, ACME_SONNET, &Verdict::Ok, SECOND).await;
     eventually(&a, ACME_SONNET, &Verdict::Ok, SECOND).await;
 
     // Suspended through A's API: A denies at once, B within a second, model or not.
-    a.post("/tenants/acme/suspend", ADMIN, json!({})).await.expect(200);
+    a.post("/tenants/acme/suspend", ADMIN, json!({}))
+        .await
+        .expect(200);
     assert_eq!(verdict(&a, ACME_SONNET).await, not_active("suspended"));
     eventually(&b, ACME_SONNET, &not_active("suspended"), SECOND).await;
 
     // Reactivated through B's API: A allows it again within a second.
-    b.post("/tenants/acme/reactivate", ADMIN, json!({})).await.expect(200);
+    b.post("/tenants/acme/reactivate", ADMIN, json!({}))
+        .await
+        .expect(200);
     assert_eq!(verdict(&b, ACME).await, Verdict::Ok);
     eventually(&a, ACME, &Verdict::Ok, SECOND).await;
 }
@@ -207,8 +249,15 @@ on_both_databases! {
 fn check_config(yaml: &str) -> (bool, String) {
     let dir = tempfile::TempDir::new().unwrap();
     std::fs::write(dir.path().join("quota.yaml"), yaml).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_tollgate")).arg("check-config").arg(dir.path()).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .arg("check-config")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -216,23 +265,45 @@ fn check_config_accepts_a_quota_block_and_rejects_bad_ones() {
     let good = "domain: ai-gateway\nquota: {}\ndescriptors:\n  - key: generic\n    rate_limit: {unit: second, requests_per_unit: 1}\n";
     let (ok, stderr) = check_config(good);
     assert!(ok, "{stderr}");
-    let (ok, stderr) = check_config("domain: ai-gateway\nquota: {tenant_key: x-tenant, session_key: mcp}\n");
+    let (ok, stderr) =
+        check_config("domain: ai-gateway\nquota: {tenant_key: x-tenant, session_key: mcp}\n");
     assert!(ok, "{stderr}");
     for (yaml, expected) in [
-        ("domain: d\nquota: {tenant: t}\n", "quota: unknown field 'tenant'"),
-        ("domain: d\nquota: {bogus_key: t}\n", "quota: unknown field 'bogus_key'"),
-        ("domain: d\nquota: {tenant_key: ''}\n", "quota.tenant_key must not be empty"),
-        ("domain: d\nquota: {model_key: }\n", "quota.model_key must not be empty"),
+        (
+            "domain: d\nquota: {tenant: t}\n",
+            "quota: unknown field 'tenant'",
+        ),
+        (
+            "domain: d\nquota: {bogus_key: t}\n",
+            "quota: unknown field 'bogus_key'",
+        ),
+        (
+            "domain: d\nquota: {tenant_key: ''}\n",
+            "quota.tenant_key must not be empty",
+        ),
+        (
+            "domain: d\nquota: {model_key: }\n",
+            "quota.model_key must not be empty",
+        ),
         (
             "domain: d\nquota: {tenant_key: model}\n",
             "quota.tenant_key and quota.model_key both name descriptor key 'model'",
         ),
         ("domain: d\nquota:\n", "quota must be a mapping"),
-        ("domain: d\nquota: [tenant_key]\n", "quota must be a mapping"),
-        ("domain: d\ndescriptors:\n  - key: k\n    quota: {}\n", "quota is only allowed at the top level"),
+        (
+            "domain: d\nquota: [tenant_key]\n",
+            "quota must be a mapping",
+        ),
+        (
+            "domain: d\ndescriptors:\n  - key: k\n    quota: {}\n",
+            "quota is only allowed at the top level",
+        ),
     ] {
         let (ok, stderr) = check_config(yaml);
         assert!(!ok, "accepted: {yaml}");
-        assert!(stderr.contains("quota.yaml") && stderr.contains(expected), "{yaml}: {stderr}");
+        assert!(
+            stderr.contains("quota.yaml") && stderr.contains(expected),
+            "{yaml}: {stderr}"
+        );
     }
 }

@@ -17,8 +17,18 @@ const MCP: &str = "Too Many Requests for this MCP session.";
 /// An active tenant `acme` with `plan`, created through the API and activated in the ledger.
 async fn active_acme(app: &AdminApp, plan: Value) {
     app.tenant("acme").await;
-    app.patch("/tenants/acme", ADMIN, json!({"plan": plan})).await.expect(200);
-    app.ledger.set_tenant_status("test", "acme", &[TenantStatus::Pending], TenantStatus::Active).await.unwrap();
+    app.patch("/tenants/acme", ADMIN, json!({"plan": plan}))
+        .await
+        .expect(200);
+    app.ledger
+        .set_tenant_status(
+            "test",
+            "acme",
+            &[TenantStatus::Pending],
+            TenantStatus::Active,
+        )
+        .await
+        .unwrap();
 }
 
 /// A session-scope request budget of acme.
@@ -33,7 +43,11 @@ fn ok(response: &RateLimitResponse) -> bool {
 }
 
 fn name(response: &RateLimitResponse) -> String {
-    response.statuses[0].current_limit.as_ref().map(|l| l.name.clone()).unwrap_or_default()
+    response.statuses[0]
+        .current_limit
+        .as_ref()
+        .map(|l| l.name.clone())
+        .unwrap_or_default()
 }
 
 fn session(id: &str) -> [(&'static str, &str); 2] {
@@ -104,37 +118,63 @@ async fn an_idle_session_starts_fresh_and_a_busy_one_does_not() {
     // Still in use within the idle TTL (30 minutes): every request keeps it alive.
     for _ in 0..3 {
         app.clock.advance(Duration::from_secs(29 * 60));
-        assert_eq!(call_session(&app, "s-1").await.overall_code, Code::OverLimit as i32);
+        assert_eq!(
+            call_session(&app, "s-1").await.overall_code,
+            Code::OverLimit as i32
+        );
     }
     // Idle past the TTL: forgotten, it starts from zero.
     app.clock.advance(Duration::from_secs(30 * 60 + 1));
     for i in 0..5 {
-        assert!(ok(&call_session(&app, "s-1").await), "call {i} after the idle TTL");
+        assert!(
+            ok(&call_session(&app, "s-1").await),
+            "call {i} after the idle TTL"
+        );
     }
-    assert_eq!(call_session(&app, "s-1").await.overall_code, Code::OverLimit as i32);
+    assert_eq!(
+        call_session(&app, "s-1").await.overall_code,
+        Code::OverLimit as i32
+    );
 }
 
 #[tokio::test]
 async fn a_windowed_session_budget_counts_per_window_and_a_soft_one_never_refuses() {
     let app = spawn(Db::Sqlite).await;
     active_acme(&app, json!({})).await;
-    session_budget(&app, "session-rpm", json!({"window_seconds": 60}), 2, "hard").await;
+    session_budget(
+        &app,
+        "session-rpm",
+        json!({"window_seconds": 60}),
+        2,
+        "hard",
+    )
+    .await;
     session_budget(&app, "session-soft", json!("session"), 1, "soft").await;
     assert!(ok(&call_session(&app, "s-1").await));
-    assert!(ok(&call_session(&app, "s-1").await), "the soft budget (1) does not refuse the second call");
+    assert!(
+        ok(&call_session(&app, "s-1").await),
+        "the soft budget (1) does not refuse the second call"
+    );
     let refused = call_session(&app, "s-1").await;
     assert_eq!(name(&refused), "session-rpm");
     assert_eq!(refused.raw_body, MCP.as_bytes());
     app.clock.advance(Duration::from_secs(60));
     for _ in 0..2 {
-        assert!(ok(&call_session(&app, "s-1").await), "a new window, and the soft budget still only counts");
+        assert!(
+            ok(&call_session(&app, "s-1").await),
+            "a new window, and the soft budget still only counts"
+        );
     }
 }
 
 #[tokio::test]
 async fn usage_descriptors_are_neither_tenant_checked_nor_request_counted() {
     let app = spawn(Db::Sqlite).await;
-    active_acme(&app, json!({"requests": [{"window_seconds": 60, "limit": 1}]})).await;
+    active_acme(
+        &app,
+        json!({"requests": [{"window_seconds": 60, "limit": 1}]}),
+    )
+    .await;
     session_budget(&app, "mcp-session", json!("session"), 1, "hard").await;
     let usage: &[(&str, &str)] = &[
         ("tenant_id", "acme"),
@@ -150,9 +190,20 @@ async fn usage_descriptors_are_neither_tenant_checked_nor_request_counted() {
     assert!(ok(&app.decide(&[&[("tenant_id", "acme")]]).await));
     assert!(ok(&call_session(&app, "s-1").await));
     // Suspended mid-stream: its usage still passes (to be charged), its requests do not.
-    app.ledger.set_tenant_status("test", "acme", &[TenantStatus::Active], TenantStatus::Suspended).await.unwrap();
+    app.ledger
+        .set_tenant_status(
+            "test",
+            "acme",
+            &[TenantStatus::Active],
+            TenantStatus::Suspended,
+        )
+        .await
+        .unwrap();
     assert!(ok(&app.decide(&[usage]).await));
-    assert_eq!(name(&app.decide(&[&[("tenant_id", "acme")]]).await), "tenant_not_active");
+    assert_eq!(
+        name(&app.decide(&[&[("tenant_id", "acme")]]).await),
+        "tenant_not_active"
+    );
 }
 
 /// 32 concurrent requests on one session limited to 5: exactly 5 pass.

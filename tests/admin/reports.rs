@@ -18,19 +18,28 @@ fn micros(text: &str) -> i64 {
     };
     let (whole, fraction) = digits.split_once('.').expect("six decimal places");
     assert_eq!(fraction.len(), 6, "{text}");
-    assert!(whole.bytes().chain(fraction.bytes()).all(|b| b.is_ascii_digit()), "{text}");
+    assert!(
+        whole
+            .bytes()
+            .chain(fraction.bytes())
+            .all(|b| b.is_ascii_digit()),
+        "{text}"
+    );
     sign * (whole.parse::<i64>().unwrap() * 1_000_000 + fraction.parse::<i64>().unwrap())
 }
 
 /// A tenant in euros, in another timezone, with no cost centre.
 async fn globex(app: &AdminApp) {
-    let body = json!({"id": "globex", "name": "Globex", "currency": "EUR", "timezone": "Asia/Tokyo"});
+    let body =
+        json!({"id": "globex", "name": "Globex", "currency": "EUR", "timezone": "Asia/Tokyo"});
     app.post("/tenants", ADMIN, body).await.expect(201);
-    let eur = |token_type: &str, amount: &str| {
-        json!({"model": "claude-sonnet", "token_type": token_type, "currency": "EUR", "price_per_million": amount, "effective_from": NOV_1})
-    };
-    app.post("/prices", ADMIN, eur("input", "2.80")).await.expect(201);
-    app.post("/prices", ADMIN, eur("output", "14.00")).await.expect(201);
+    let eur = |token_type: &str, amount: &str| json!({"model": "claude-sonnet", "token_type": token_type, "currency": "EUR", "price_per_million": amount, "effective_from": NOV_1});
+    app.post("/prices", ADMIN, eur("input", "2.80"))
+        .await
+        .expect(201);
+    app.post("/prices", ADMIN, eur("output", "14.00"))
+        .await
+        .expect(201);
 }
 
 /// Usage across two tenants, currencies, sessions, token types and days (all in November).
@@ -39,15 +48,55 @@ async fn seed(app: &AdminApp) {
     globex(app).await;
     worked_example_prices(app).await;
     let mut events = vec![
-        priced_event(app, "r-1", "acme", Some("s-1"), NOW - 3 * DAY, &[("input", 1_200), ("output", 350)]).await,
-        priced_event(app, "r-2", "acme", Some("s-1"), NOW - 3 * DAY + 60_000, &[("input", 333), ("output", 7)]).await,
-        priced_event(app, "r-3", "acme", Some("s-2"), NOW - DAY, &[("input", 1), ("cached_input", 5)]).await,
-        priced_event(app, "r-4", "acme", None, NOW + 3_600_000, &[("output", 12_345)]).await,
+        priced_event(
+            app,
+            "r-1",
+            "acme",
+            Some("s-1"),
+            NOW - 3 * DAY,
+            &[("input", 1_200), ("output", 350)],
+        )
+        .await,
+        priced_event(
+            app,
+            "r-2",
+            "acme",
+            Some("s-1"),
+            NOW - 3 * DAY + 60_000,
+            &[("input", 333), ("output", 7)],
+        )
+        .await,
+        priced_event(
+            app,
+            "r-3",
+            "acme",
+            Some("s-2"),
+            NOW - DAY,
+            &[("input", 1), ("cached_input", 5)],
+        )
+        .await,
+        priced_event(
+            app,
+            "r-4",
+            "acme",
+            None,
+            NOW + 3_600_000,
+            &[("output", 12_345)],
+        )
+        .await,
     ];
     // r-3's cached input has no price: it is recorded at 0.
-    for (id, at, tokens) in [("g-1", NOW - 2 * DAY, [("input", 10_001), ("output", 999)]), ("g-2", NOW, [("input", 7), ("output", 3)])] {
-        let tokens: Vec<(String, u64)> = tokens.iter().map(|(t, n)| ((*t).to_owned(), *n)).collect();
-        let priced = app.ledger.price_usage("claude-sonnet", "EUR", at, &tokens).await.unwrap();
+    for (id, at, tokens) in [
+        ("g-1", NOW - 2 * DAY, [("input", 10_001), ("output", 999)]),
+        ("g-2", NOW, [("input", 7), ("output", 3)]),
+    ] {
+        let tokens: Vec<(String, u64)> =
+            tokens.iter().map(|(t, n)| ((*t).to_owned(), *n)).collect();
+        let priced = app
+            .ledger
+            .price_usage("claude-sonnet", "EUR", at, &tokens)
+            .await
+            .unwrap();
         let mut event = priced_event(app, id, "globex", Some("s-9"), at, &[]).await;
         event.currency = "EUR".into();
         event.lines = priced.lines;
@@ -56,7 +105,11 @@ async fn seed(app: &AdminApp) {
     // One more model, for acme.
     let mut haiku = priced_event(app, "r-5", "acme", Some("s-2"), NOW - DAY, &[]).await;
     haiku.model = Some("claude-haiku".into());
-    haiku.lines = vec![tollgate::ledger::usage::UsageLine { token_type: "input".into(), tokens: 100, cost_micros: 77 }];
+    haiku.lines = vec![tollgate::ledger::usage::UsageLine {
+        token_type: "input".into(),
+        tokens: 100,
+        cost_micros: 77,
+    }];
     events.push(haiku);
     app.ledger.record_usage(&events).await.unwrap();
 }
@@ -67,7 +120,9 @@ async fn seed(app: &AdminApp) {
 fn check_totals(report: &Value) {
     let mut sums: BTreeMap<String, (i64, i64)> = BTreeMap::new();
     for item in report["items"].as_array().unwrap() {
-        let sum = sums.entry(item["currency"].as_str().unwrap().to_owned()).or_default();
+        let sum = sums
+            .entry(item["currency"].as_str().unwrap().to_owned())
+            .or_default();
         sum.0 += item["tokens"].as_i64().unwrap();
         sum.1 += micros(item["spend"].as_str().unwrap());
     }
@@ -75,7 +130,15 @@ fn check_totals(report: &Value) {
         .as_array()
         .unwrap()
         .iter()
-        .map(|t| (t["currency"].as_str().unwrap().to_owned(), (t["tokens"].as_i64().unwrap(), micros(t["spend"].as_str().unwrap()))))
+        .map(|t| {
+            (
+                t["currency"].as_str().unwrap().to_owned(),
+                (
+                    t["tokens"].as_i64().unwrap(),
+                    micros(t["spend"].as_str().unwrap()),
+                ),
+            )
+        })
         .collect();
     assert_eq!(sums, totals, "totals are the sums of the rows: {report}");
 }

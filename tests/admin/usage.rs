@@ -22,15 +22,38 @@ pub fn price(model: &str, token_type: &str, amount: &str, from: i64) -> Value {
 
 /// The worked example's prices: input 3.00 and output 15.00 USD per million, from Nov 1.
 pub async fn worked_example_prices(app: &AdminApp) {
-    app.post("/prices", ADMIN, price("claude-sonnet", "input", "3.00", NOV_1)).await.expect(201);
-    app.post("/prices", ADMIN, price("claude-sonnet", "output", "15.00", NOV_1)).await.expect(201);
+    app.post(
+        "/prices",
+        ADMIN,
+        price("claude-sonnet", "input", "3.00", NOV_1),
+    )
+    .await
+    .expect(201);
+    app.post(
+        "/prices",
+        ADMIN,
+        price("claude-sonnet", "output", "15.00", NOV_1),
+    )
+    .await
+    .expect(201);
 }
 
 /// A usage event of `claude-sonnet` priced by the app's ledger at the price in force at `at`.
-pub async fn priced_event(app: &AdminApp, request_id: &str, tenant: &str, session: Option<&str>, at: i64, tokens: &[(&str, u64)]) -> UsageEvent {
+pub async fn priced_event(
+    app: &AdminApp,
+    request_id: &str,
+    tenant: &str,
+    session: Option<&str>,
+    at: i64,
+    tokens: &[(&str, u64)],
+) -> UsageEvent {
     let tokens: Vec<(String, u64)> = tokens.iter().map(|(t, n)| ((*t).to_owned(), *n)).collect();
     // A token type without a price is recorded at 0 (the seeds use that on purpose).
-    let priced = app.ledger.price_usage("claude-sonnet", "USD", at, &tokens).await.unwrap();
+    let priced = app
+        .ledger
+        .price_usage("claude-sonnet", "USD", at, &tokens)
+        .await
+        .unwrap();
     UsageEvent {
         request_id: request_id.into(),
         tenant_id: tenant.into(),
@@ -45,11 +68,18 @@ pub async fn priced_event(app: &AdminApp, request_id: &str, tenant: &str, sessio
 
 /// Rows in a ledger table (through the app's own pool).
 async fn count(app: &AdminApp, table: &str) -> i64 {
-    sqlx::query_scalar(&format!("SELECT CAST(COUNT(*) AS BIGINT) FROM {table}")).fetch_one(app.ledger.pool()).await.unwrap()
+    sqlx::query_scalar(&format!("SELECT CAST(COUNT(*) AS BIGINT) FROM {table}"))
+        .fetch_one(app.ledger.pool())
+        .await
+        .unwrap()
 }
 
 fn line(token_type: &str, tokens: u64, cost_micros: i64) -> UsageLine {
-    UsageLine { token_type: token_type.into(), tokens, cost_micros }
+    UsageLine {
+        token_type: token_type.into(),
+        tokens,
+        cost_micros,
+    }
 }
 
 on_both_databases! {

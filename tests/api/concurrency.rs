@@ -9,12 +9,20 @@ const CLIENTS: usize = 32;
 const CALLS_PER_CLIENT: usize = 8;
 
 fn rules() -> String {
-    format!("domain: race\ndescriptors:\n  - key: k\n    rate_limit: {{unit: hour, requests_per_unit: {LIMIT}}}\n")
+    format!(
+        "domain: race\ndescriptors:\n  - key: k\n    rate_limit: {{unit: hour, requests_per_unit: {LIMIT}}}\n"
+    )
 }
 
 async fn race_one_app(tweak: impl FnOnce(&mut Settings)) -> usize {
     let app = spawn_with(&[("r.yaml", &rules())], tweak).await;
-    race(&[&app], request("race", &[&[("k", "hot")]]), CLIENTS, CALLS_PER_CLIENT).await
+    race(
+        &[&app],
+        request("race", &[&[("k", "hot")]]),
+        CLIENTS,
+        CALLS_PER_CLIENT,
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -52,6 +60,12 @@ async fn two_replicas_on_one_redis_share_the_limit() {
     };
     let a = spawn_with(&[("r.yaml", &rules())], configure).await;
     let b = spawn_with(&[("r.yaml", &rules())], configure).await;
-    let allowed = race(&[&a, &b], request("race", &[&[("k", "hot")]]), CLIENTS / 2, CALLS_PER_CLIENT).await;
+    let allowed = race(
+        &[&a, &b],
+        request("race", &[&[("k", "hot")]]),
+        CLIENTS / 2,
+        CALLS_PER_CLIENT,
+    )
+    .await;
     assert_eq!(allowed, LIMIT);
 }

@@ -5,8 +5,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::{Entry, RateLimitOverride};
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::{
+    Entry, RateLimitOverride,
+};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{Code, DescriptorStatus};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
@@ -33,7 +35,12 @@ pub fn unique_prefix() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos();
-    format!("t{}-{}-{}:", std::process::id(), nanos, NEXT.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "t{}-{}-{}:",
+        std::process::id(),
+        nanos,
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A running app, stopped when dropped.
@@ -113,24 +120,41 @@ pub async fn spawn_with(files: &[(&str, &str)], tweak: impl FnOnce(&mut Settings
 impl TestApp {
     /// Calls `ShouldRateLimit`, expecting an answer.
     pub async fn call(&self, request: RateLimitRequest) -> RateLimitResponse {
-        self.try_call(request).await.expect("ShouldRateLimit answers")
+        self.try_call(request)
+            .await
+            .expect("ShouldRateLimit answers")
     }
 
     /// Calls `ShouldRateLimit`.
-    pub async fn try_call(&self, request: RateLimitRequest) -> Result<RateLimitResponse, tonic::Status> {
-        self.grpc.clone().should_rate_limit(request).await.map(tonic::Response::into_inner)
+    pub async fn try_call(
+        &self,
+        request: RateLimitRequest,
+    ) -> Result<RateLimitResponse, tonic::Status> {
+        self.grpc
+            .clone()
+            .should_rate_limit(request)
+            .await
+            .map(tonic::Response::into_inner)
     }
 
     /// The Prometheus exposition.
     pub async fn metrics(&self) -> String {
-        reqwest::get(format!("{}/metrics", self.http)).await.unwrap().text().await.unwrap()
+        reqwest::get(format!("{}/metrics", self.http))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     /// The value of one series in the exposition (0 when absent).
     pub async fn metric(&self, series: &str) -> u64 {
         let text = self.metrics().await;
         text.lines()
-            .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+            .find_map(|line| {
+                line.strip_prefix(series)
+                    .and_then(|rest| rest.trim().parse().ok())
+            })
             .unwrap_or(0)
     }
 
@@ -152,7 +176,10 @@ impl TestApp {
 pub fn request(domain: &str, descriptors: &[&[(&str, &str)]]) -> RateLimitRequest {
     RateLimitRequest {
         domain: domain.into(),
-        descriptors: descriptors.iter().map(|entries| descriptor(entries)).collect(),
+        descriptors: descriptors
+            .iter()
+            .map(|entries| descriptor(entries))
+            .collect(),
         hits_addend: 0,
     }
 }
@@ -180,9 +207,16 @@ pub fn descriptor_with_hits(entries: &[(&str, &str)], hits: u64) -> RateLimitDes
 }
 
 /// A descriptor carrying its own limit.
-pub fn descriptor_with_limit(entries: &[(&str, &str)], requests_per_unit: u32, unit: i32) -> RateLimitDescriptor {
+pub fn descriptor_with_limit(
+    entries: &[(&str, &str)],
+    requests_per_unit: u32,
+    unit: i32,
+) -> RateLimitDescriptor {
     RateLimitDescriptor {
-        limit: Some(RateLimitOverride { requests_per_unit, unit }),
+        limit: Some(RateLimitOverride {
+            requests_per_unit,
+            unit,
+        }),
         ..descriptor(entries)
     }
 }
@@ -204,7 +238,12 @@ pub fn codes(response: &RateLimitResponse) -> Vec<Code> {
 
 /// Sends `request` `calls` times from each of `clients` concurrent clients per app, all
 /// at once; how many calls were allowed overall.
-pub async fn race(apps: &[&TestApp], request: RateLimitRequest, clients: usize, calls: usize) -> usize {
+pub async fn race(
+    apps: &[&TestApp],
+    request: RateLimitRequest,
+    clients: usize,
+    calls: usize,
+) -> usize {
     let mut tasks = Vec::new();
     for app in apps {
         for _ in 0..clients {
@@ -213,7 +252,12 @@ pub async fn race(apps: &[&TestApp], request: RateLimitRequest, clients: usize, 
             tasks.push(tokio::spawn(async move {
                 let mut allowed = 0;
                 for _ in 0..calls {
-                    let r = client.clone().should_rate_limit(request.clone()).await.unwrap().into_inner();
+                    let r = client
+                        .clone()
+                        .should_rate_limit(request.clone())
+                        .await
+                        .unwrap()
+                        .into_inner();
                     allowed += usize::from(r.overall_code == Code::Ok as i32);
                 }
                 allowed

@@ -24,7 +24,9 @@ async fn post_json(app: &TestApp, body: &str) -> (u16, String) {
 #[tokio::test]
 async fn healthcheck_answers_ok() {
     let app = spawn(RULES).await;
-    let r = reqwest::get(format!("{}/healthcheck", app.http)).await.unwrap();
+    let r = reqwest::get(format!("{}/healthcheck", app.http))
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(r.text().await.unwrap(), "OK");
 }
@@ -42,7 +44,10 @@ async fn json_answers_200_then_429_in_proto3_json() {
     );
     let (status, text) = post_json(&app, body).await;
     assert_eq!(status, 429);
-    assert_eq!(serde_json::from_str::<Value>(&text).unwrap()["overallCode"], "OVER_LIMIT");
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap()["overallCode"],
+        "OVER_LIMIT"
+    );
 }
 
 #[tokio::test]
@@ -54,7 +59,11 @@ async fn json_rejects_bad_input_with_400_and_says_why() {
     let (status, text) = post_json(&app, r#"{"domain":"web","descriptors":[],"extra":1}"#).await;
     assert_eq!(status, 400);
     assert!(text.contains("extra"), "{text}");
-    let (status, text) = post_json(&app, r#"{"domain":"","descriptors":[{"entries":[{"key":"a"}]}]}"#).await;
+    let (status, text) = post_json(
+        &app,
+        r#"{"domain":"","descriptors":[{"entries":[{"key":"a"}]}]}"#,
+    )
+    .await;
     assert_eq!(status, 400);
     assert!(text.contains("domain must not be empty"), "{text}");
 }
@@ -62,7 +71,12 @@ async fn json_rejects_bad_input_with_400_and_says_why() {
 #[tokio::test]
 async fn rlconfig_dumps_the_loaded_rules() {
     let app = spawn(RULES).await;
-    let text = reqwest::get(format!("{}/rlconfig", app.http)).await.unwrap().text().await.unwrap();
+    let text = reqwest::get(format!("{}/rlconfig", app.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert_eq!(
         text,
         "web.user: unit=MINUTE requests_per_unit=1, shadow_mode: false, quota_mode: false, name: per-user\n"
@@ -74,9 +88,14 @@ async fn metrics_count_config_loads_and_calls() {
     let app = spawn(RULES).await;
     app.call(request("web", &[&[("user", "u")]])).await;
     assert_eq!(app.metric("ratelimit_service_config_load_success").await, 1);
-    assert_eq!(app.metric(r#"ratelimit_service_total_requests{grpc_method="ShouldRateLimit"}"#).await, 1);
     assert_eq!(
-        app.metric(r#"ratelimit_service_rate_limit_within_limit{domain="web",key1="user"}"#).await,
+        app.metric(r#"ratelimit_service_total_requests{grpc_method="ShouldRateLimit"}"#)
+            .await,
+        1
+    );
+    assert_eq!(
+        app.metric(r#"ratelimit_service_rate_limit_within_limit{domain="web",key1="user"}"#)
+            .await,
         1
     );
 }
@@ -89,12 +108,25 @@ async fn the_store_being_down_fails_fast_and_turns_health_red() {
         s.store_deadline_ms = 50;
     })
     .await;
-    let err = app.try_call(request("web", &[&[("user", "u")]])).await.unwrap_err();
+    let err = app
+        .try_call(request("web", &[&[("user", "u")]]))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable);
-    let r = reqwest::get(format!("{}/healthcheck", app.http)).await.unwrap();
+    let r = reqwest::get(format!("{}/healthcheck", app.http))
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 500);
-    assert_eq!(app.metric(r#"ratelimit_service_should_rate_limit_error{err_type="redis_error"}"#).await, 1);
-    let (status, _) = post_json(&app, r#"{"domain":"web","descriptors":[{"entries":[{"key":"user","value":"u"}]}]}"#).await;
+    assert_eq!(
+        app.metric(r#"ratelimit_service_should_rate_limit_error{err_type="redis_error"}"#)
+            .await,
+        1
+    );
+    let (status, _) = post_json(
+        &app,
+        r#"{"domain":"web","descriptors":[{"entries":[{"key":"user","value":"u"}]}]}"#,
+    )
+    .await;
     assert_eq!(status, 503);
 }
 
@@ -105,9 +137,15 @@ async fn grpc_health_serves_then_turns_not_serving_before_draining() {
 
     // A shutdown delay keeps the listeners open after health flips, as for a load balancer.
     let app = spawn_with(&[("r.yaml", RULES)], |s| s.shutdown_delay_secs = 5).await;
-    let channel = tonic::transport::Endpoint::from_shared(app.grpc_addr_url()).unwrap().connect().await.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(app.grpc_addr_url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut health = HealthClient::new(channel);
-    let status = |name: &str| HealthCheckRequest { service: name.into() };
+    let status = |name: &str| HealthCheckRequest {
+        service: name.into(),
+    };
     for name in ["", "ratelimit"] {
         let r = health.check(status(name)).await.unwrap().into_inner();
         assert_eq!(r.status(), ServingStatus::Serving, "service {name:?}");
@@ -116,13 +154,26 @@ async fn grpc_health_serves_then_turns_not_serving_before_draining() {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(4);
     loop {
         let both = [
-            health.check(status("")).await.unwrap().into_inner().status(),
-            health.check(status("ratelimit")).await.unwrap().into_inner().status(),
+            health
+                .check(status(""))
+                .await
+                .unwrap()
+                .into_inner()
+                .status(),
+            health
+                .check(status("ratelimit"))
+                .await
+                .unwrap()
+                .into_inner()
+                .status(),
         ];
         if both == [ServingStatus::NotServing; 2] {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "health never turned NOT_SERVING: {both:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "health never turned NOT_SERVING: {both:?}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     stopping.await.unwrap();

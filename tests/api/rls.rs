@@ -41,7 +41,10 @@ async fn counts_to_the_limit_then_says_over_limit() {
         assert_eq!(code(s), Code::Ok);
         assert_eq!(s.limit_remaining, remaining);
         let limit = s.current_limit.as_ref().unwrap();
-        assert_eq!((limit.requests_per_unit, limit.unit), (3, Unit::Minute as i32));
+        assert_eq!(
+            (limit.requests_per_unit, limit.unit),
+            (3, Unit::Minute as i32)
+        );
         assert_eq!(s.duration_until_reset.as_ref().unwrap().seconds, 60);
     }
     let r = app.call(request("basic", &[&[("key1", "a")]])).await;
@@ -59,7 +62,10 @@ async fn a_new_window_starts_a_new_count() {
     app.clock.advance(Duration::from_secs(59));
     let r = app.call(request("basic", &[&[("key1", "a")]])).await;
     assert_eq!(overall(&r), Code::OverLimit);
-    assert_eq!(r.statuses[0].duration_until_reset.as_ref().unwrap().seconds, 1);
+    assert_eq!(
+        r.statuses[0].duration_until_reset.as_ref().unwrap().seconds,
+        1
+    );
     app.clock.advance(Duration::from_secs(1));
     let r = app.call(request("basic", &[&[("key1", "a")]])).await;
     assert_eq!(overall(&r), Code::Ok);
@@ -78,7 +84,10 @@ async fn a_specific_value_beats_the_default_and_keeps_its_own_counter() {
     assert_eq!(code(&r.statuses[0]), Code::OverLimit);
     // Default-matched values count separately per value.
     let r = app.call(request("basic", &[&[("key1", "other")]])).await;
-    assert_eq!((code(&r.statuses[0]), r.statuses[0].limit_remaining), (Code::Ok, 2));
+    assert_eq!(
+        (code(&r.statuses[0]), r.statuses[0].limit_remaining),
+        (Code::Ok, 2)
+    );
     let r = app.call(request("basic", &[&[("key1", "third")]])).await;
     assert_eq!(r.statuses[0].limit_remaining, 2);
 }
@@ -88,18 +97,47 @@ async fn several_descriptors_get_one_status_each_in_order() {
     let app = spawn(BASIC).await;
     let req = request(
         "basic",
-        &[&[("key1", "special")], &[("nomatch", "x")], &[("key2", "v"), ("subkey", "s")], &[("internal", "yes")]],
+        &[
+            &[("key1", "special")],
+            &[("nomatch", "x")],
+            &[("key2", "v"), ("subkey", "s")],
+            &[("internal", "yes")],
+        ],
     );
     let r = app.call(req.clone()).await;
     assert_eq!(r.statuses.len(), 4);
     assert_eq!(codes(&r), vec![Code::Ok; 4]);
-    assert_eq!(r.statuses[0].current_limit.as_ref().unwrap().requests_per_unit, 1);
+    assert_eq!(
+        r.statuses[0]
+            .current_limit
+            .as_ref()
+            .unwrap()
+            .requests_per_unit,
+        1
+    );
     assert!(r.statuses[1].current_limit.is_none(), "no rule, no limit");
-    assert_eq!(r.statuses[2].current_limit.as_ref().unwrap().requests_per_unit, 2);
-    assert!(r.statuses[3].current_limit.is_none(), "a whitelist entry carries no limit");
+    assert_eq!(
+        r.statuses[2]
+            .current_limit
+            .as_ref()
+            .unwrap()
+            .requests_per_unit,
+        2
+    );
+    assert!(
+        r.statuses[3].current_limit.is_none(),
+        "a whitelist entry carries no limit"
+    );
     let r = app.call(req).await;
-    assert_eq!(overall(&r), Code::OverLimit, "one descriptor over makes the call over");
-    assert_eq!(codes(&r), vec![Code::OverLimit, Code::Ok, Code::Ok, Code::Ok]);
+    assert_eq!(
+        overall(&r),
+        Code::OverLimit,
+        "one descriptor over makes the call over"
+    );
+    assert_eq!(
+        codes(&r),
+        vec![Code::OverLimit, Code::Ok, Code::Ok, Code::Ok]
+    );
 }
 
 #[tokio::test]
@@ -109,9 +147,16 @@ async fn limits_apply_only_at_the_exact_depth() {
     let r = app.call(request("basic", &[&[("key2", "v")]])).await;
     assert!(r.statuses[0].current_limit.is_none());
     // Deeper than the config: no limit.
-    let r = app.call(request("basic", &[&[("key2", "v"), ("subkey", "s"), ("extra", "e")]])).await;
+    let r = app
+        .call(request(
+            "basic",
+            &[&[("key2", "v"), ("subkey", "s"), ("extra", "e")]],
+        ))
+        .await;
     assert!(r.statuses[0].current_limit.is_none());
-    let r = app.call(request("basic", &[&[("key1", "a"), ("extra", "e")]])).await;
+    let r = app
+        .call(request("basic", &[&[("key1", "a"), ("extra", "e")]]))
+        .await;
     assert!(r.statuses[0].current_limit.is_none());
 }
 
@@ -134,10 +179,24 @@ descriptors:
 "#,
     )
     .await;
-    let r = app.call(request("d", &[&[("k", "exact"), ("sub", "other")]])).await;
-    assert!(r.statuses[0].current_limit.is_none(), "no backtracking to the default k");
-    let r = app.call(request("d", &[&[("k", "else"), ("sub", "other")]])).await;
-    assert_eq!(r.statuses[0].current_limit.as_ref().unwrap().requests_per_unit, 7);
+    let r = app
+        .call(request("d", &[&[("k", "exact"), ("sub", "other")]]))
+        .await;
+    assert!(
+        r.statuses[0].current_limit.is_none(),
+        "no backtracking to the default k"
+    );
+    let r = app
+        .call(request("d", &[&[("k", "else"), ("sub", "other")]]))
+        .await;
+    assert_eq!(
+        r.statuses[0]
+            .current_limit
+            .as_ref()
+            .unwrap()
+            .requests_per_unit,
+        7
+    );
 }
 
 const WILD: &str = r#"
@@ -164,14 +223,42 @@ descriptors:
 async fn wildcards_match_in_config_order_after_exact_values() {
     let app = spawn(WILD).await;
     let limit_of = |r: &envoy_types::pb::envoy::service::ratelimit::v3::RateLimitResponse| {
-        r.statuses[0].current_limit.as_ref().unwrap().requests_per_unit
+        r.statuses[0]
+            .current_limit
+            .as_ref()
+            .unwrap()
+            .requests_per_unit
     };
-    assert_eq!(limit_of(&app.call(request("wild", &[&[("path", "/api/special")]])).await), 10);
-    assert_eq!(limit_of(&app.call(request("wild", &[&[("path", "/api/x")]])).await), 2);
+    assert_eq!(
+        limit_of(
+            &app.call(request("wild", &[&[("path", "/api/special")]]))
+                .await
+        ),
+        10
+    );
+    assert_eq!(
+        limit_of(&app.call(request("wild", &[&[("path", "/api/x")]])).await),
+        2
+    );
     // Both patterns match; the first in config order wins.
-    assert_eq!(limit_of(&app.call(request("wild", &[&[("path", "/api/admin/x")]])).await), 2);
-    assert_eq!(limit_of(&app.call(request("wild", &[&[("path", "/v1/admin/users")]])).await), 5);
-    assert_eq!(limit_of(&app.call(request("wild", &[&[("path", "/other")]])).await), 100);
+    assert_eq!(
+        limit_of(
+            &app.call(request("wild", &[&[("path", "/api/admin/x")]]))
+                .await
+        ),
+        2
+    );
+    assert_eq!(
+        limit_of(
+            &app.call(request("wild", &[&[("path", "/v1/admin/users")]]))
+                .await
+        ),
+        5
+    );
+    assert_eq!(
+        limit_of(&app.call(request("wild", &[&[("path", "/other")]])).await),
+        100
+    );
 }
 
 #[tokio::test]
@@ -181,11 +268,19 @@ async fn wildcard_values_count_separately_unless_they_share_the_threshold() {
         app.call(request("wild", &[&[("path", "/api/a")]])).await;
     }
     let r = app.call(request("wild", &[&[("path", "/api/b")]])).await;
-    assert_eq!(code(&r.statuses[0]), Code::Ok, "a different value has its own counter");
+    assert_eq!(
+        code(&r.statuses[0]),
+        Code::Ok,
+        "a different value has its own counter"
+    );
     app.call(request("wild", &[&[("path", "/shared/a")]])).await;
     app.call(request("wild", &[&[("path", "/shared/b")]])).await;
     let r = app.call(request("wild", &[&[("path", "/shared/c")]])).await;
-    assert_eq!(code(&r.statuses[0]), Code::OverLimit, "shared values use one counter");
+    assert_eq!(
+        code(&r.statuses[0]),
+        Code::OverLimit,
+        "shared values use one counter"
+    );
 }
 
 #[tokio::test]
@@ -193,18 +288,32 @@ async fn a_request_override_replaces_the_config_limit() {
     let app = spawn(BASIC).await;
     let req = RateLimitRequest {
         domain: "basic".into(),
-        descriptors: vec![descriptor_with_limit(&[("key1", "a")], 1, Unit::Hour as i32)],
+        descriptors: vec![descriptor_with_limit(
+            &[("key1", "a")],
+            1,
+            Unit::Hour as i32,
+        )],
         hits_addend: 0,
     };
     let r = app.call(req.clone()).await;
     let limit = r.statuses[0].current_limit.clone().unwrap();
-    assert_eq!((limit.requests_per_unit, limit.unit), (1, Unit::Hour as i32));
-    assert_eq!(r.statuses[0].duration_until_reset.as_ref().unwrap().seconds, 3600);
+    assert_eq!(
+        (limit.requests_per_unit, limit.unit),
+        (1, Unit::Hour as i32)
+    );
+    assert_eq!(
+        r.statuses[0].duration_until_reset.as_ref().unwrap().seconds,
+        3600
+    );
     assert_eq!(overall(&app.call(req).await), Code::OverLimit);
     // Even for a descriptor with no rule at all.
     let req = RateLimitRequest {
         domain: "basic".into(),
-        descriptors: vec![descriptor_with_limit(&[("unconfigured", "x")], 5, Unit::Second as i32)],
+        descriptors: vec![descriptor_with_limit(
+            &[("unconfigured", "x")],
+            5,
+            Unit::Second as i32,
+        )],
         hits_addend: 0,
     };
     assert_eq!(app.call(req).await.statuses[0].limit_remaining, 4);
@@ -266,13 +375,19 @@ descriptors:
     for i in 0..3 {
         let r = app.call(both.clone()).await;
         assert_eq!(overall(&r), Code::Ok, "call {i}");
-        assert!(r.statuses[0].current_limit.is_none(), "the replaced limit is dropped");
+        assert!(
+            r.statuses[0].current_limit.is_none(),
+            "the replaced limit is dropped"
+        );
         assert_eq!(r.statuses[0].limit_remaining, 0);
     }
     assert_eq!(overall(&app.call(both).await), Code::OverLimit);
     // Untouched: the per-user counter was never charged while replaced.
     let r = app.call(request("d", &[&[("user", "u")]])).await;
-    assert_eq!((code(&r.statuses[0]), r.statuses[0].limit_remaining), (Code::Ok, 0));
+    assert_eq!(
+        (code(&r.statuses[0]), r.statuses[0].limit_remaining),
+        (Code::Ok, 0)
+    );
 }
 
 #[tokio::test]
@@ -292,8 +407,16 @@ descriptors:
     assert_eq!(overall(&r), Code::Ok);
     assert_eq!(code(&r.statuses[0]), Code::Ok);
     assert_eq!(r.statuses[0].limit_remaining, 0);
-    assert_eq!(app.metric(r#"ratelimit_service_rate_limit_shadow_mode{domain="d",key1="k"}"#).await, 1);
-    assert_eq!(app.metric(r#"ratelimit_service_rate_limit_over_limit{domain="d",key1="k"}"#).await, 1);
+    assert_eq!(
+        app.metric(r#"ratelimit_service_rate_limit_shadow_mode{domain="d",key1="k"}"#)
+            .await,
+        1
+    );
+    assert_eq!(
+        app.metric(r#"ratelimit_service_rate_limit_over_limit{domain="d",key1="k"}"#)
+            .await,
+        1
+    );
 }
 
 #[tokio::test]
@@ -302,7 +425,11 @@ async fn global_shadow_mode_only_forces_the_overall_code() {
     app.call(request("basic", &[&[("key1", "special")]])).await;
     let r = app.call(request("basic", &[&[("key1", "special")]])).await;
     assert_eq!(overall(&r), Code::Ok);
-    assert_eq!(code(&r.statuses[0]), Code::OverLimit, "statuses still tell the truth");
+    assert_eq!(
+        code(&r.statuses[0]),
+        Code::OverLimit,
+        "statuses still tell the truth"
+    );
     assert_eq!(app.metric("ratelimit_service_global_shadow_mode").await, 1);
 }
 
@@ -324,15 +451,21 @@ async fn quota_mode_denies_only_when_every_quota_descriptor_is_over() {
     let app = spawn(QUOTA).await;
     // Exhaust quota1 only.
     app.call(request("q", &[&[("quota1", "a")]])).await;
-    let r = app.call(request("q", &[&[("quota1", "a")], &[("quota2", "a")]])).await;
+    let r = app
+        .call(request("q", &[&[("quota1", "a")], &[("quota2", "a")]]))
+        .await;
     assert_eq!(codes(&r), vec![Code::OverLimit, Code::Ok]);
     assert_eq!(overall(&r), Code::Ok, "another quota still has room");
-    let r = app.call(request("q", &[&[("quota1", "a")], &[("quota2", "a")]])).await;
+    let r = app
+        .call(request("q", &[&[("quota1", "a")], &[("quota2", "a")]]))
+        .await;
     assert_eq!(codes(&r), vec![Code::OverLimit, Code::OverLimit]);
     assert_eq!(overall(&r), Code::OverLimit, "all quotas exhausted");
     // A regular descriptor over limit denies regardless of quotas.
     app.call(request("q", &[&[("regular", "r")]])).await;
-    let r = app.call(request("q", &[&[("regular", "r")], &[("quota1", "fresh")]])).await;
+    let r = app
+        .call(request("q", &[&[("regular", "r")], &[("quota1", "fresh")]]))
+        .await;
     assert_eq!(overall(&r), Code::OverLimit);
 }
 
@@ -356,7 +489,10 @@ descriptors:
         ..req.clone()
     };
     let r = app.call(per_descriptor).await;
-    assert_eq!((code(&r.statuses[0]), r.statuses[0].limit_remaining), (Code::Ok, 0));
+    assert_eq!(
+        (code(&r.statuses[0]), r.statuses[0].limit_remaining),
+        (Code::Ok, 0)
+    );
     // Check-only at exactly the limit: still OK, nothing charged.
     let check = RateLimitRequest {
         descriptors: vec![descriptor_with_hits(&[("tokens", "t")], 0)],
@@ -364,7 +500,10 @@ descriptors:
     };
     for _ in 0..3 {
         let r = app.call(check.clone()).await;
-        assert_eq!((code(&r.statuses[0]), r.statuses[0].limit_remaining), (Code::Ok, 0));
+        assert_eq!(
+            (code(&r.statuses[0]), r.statuses[0].limit_remaining),
+            (Code::Ok, 0)
+        );
     }
     // One more real hit goes over; then the check says over too.
     app.call(request("d", &[&[("tokens", "t")]])).await;
@@ -388,7 +527,8 @@ descriptors:
     app.call(req.clone()).await;
     req.hits_addend = 5;
     assert_eq!(overall(&app.call(req).await), Code::OverLimit);
-    let series = |stat: &str| format!(r#"ratelimit_service_rate_limit_{stat}{{domain="d",key1="k"}}"#);
+    let series =
+        |stat: &str| format!(r#"ratelimit_service_rate_limit_{stat}{{domain="d",key1="k"}}"#);
     assert_eq!(app.metric(&series("total_hits")).await, 12);
     assert_eq!(app.metric(&series("within_limit")).await, 7);
     assert_eq!(app.metric(&series("near_limit")).await, 2);
@@ -398,9 +538,17 @@ descriptors:
 #[tokio::test]
 async fn response_headers_describe_the_most_constrained_limit() {
     let app = spawn_with(&[("r.yaml", BASIC)], |s| s.response_headers = true).await;
-    let r = app.call(request("basic", &[&[("key1", "a")], &[("key1", "special")]])).await;
-    let headers: Vec<(String, String)> =
-        r.response_headers_to_add.iter().map(|h| (h.key.clone(), h.value.clone())).collect();
+    let r = app
+        .call(request(
+            "basic",
+            &[&[("key1", "a")], &[("key1", "special")]],
+        ))
+        .await;
+    let headers: Vec<(String, String)> = r
+        .response_headers_to_add
+        .iter()
+        .map(|h| (h.key.clone(), h.value.clone()))
+        .collect();
     assert_eq!(
         headers,
         vec![
@@ -410,7 +558,13 @@ async fn response_headers_describe_the_most_constrained_limit() {
         ]
     );
     let plain = spawn(BASIC).await;
-    assert!(plain.call(request("basic", &[&[("key1", "a")]])).await.response_headers_to_add.is_empty());
+    assert!(
+        plain
+            .call(request("basic", &[&[("key1", "a")]]))
+            .await
+            .response_headers_to_add
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -432,7 +586,14 @@ descriptors:
     let r = app.call(request("d", &[&[("k", "v")]])).await;
     let meta = r.dynamic_metadata.expect("metadata is returned");
     let text = format!("{meta:?}");
-    for expected in ["\"domain\"", "\"d\"", "k=v", "\"team\"", "\"core\"", "\"level\""] {
+    for expected in [
+        "\"domain\"",
+        "\"d\"",
+        "k=v",
+        "\"team\"",
+        "\"core\"",
+        "\"level\"",
+    ] {
         assert!(text.contains(expected), "{expected} missing from {text}");
     }
 }
@@ -440,27 +601,46 @@ descriptors:
 #[tokio::test]
 async fn an_unknown_domain_passes_every_descriptor() {
     let app = spawn(BASIC).await;
-    let r = app.call(request("nope", &[&[("key1", "a")], &[("key2", "b")]])).await;
+    let r = app
+        .call(request("nope", &[&[("key1", "a")], &[("key2", "b")]]))
+        .await;
     assert_eq!(overall(&r), Code::Ok);
     assert_eq!(r.statuses.len(), 2);
     assert!(r.statuses.iter().all(|s| s.current_limit.is_none()));
-    assert_eq!(app.metric(r#"ratelimit_service_rate_limit_domain_not_found{domain="nope"}"#).await, 2);
+    assert_eq!(
+        app.metric(r#"ratelimit_service_rate_limit_domain_not_found{domain="nope"}"#)
+            .await,
+        2
+    );
 }
 
 #[tokio::test]
 async fn an_empty_domain_or_descriptor_list_is_an_error() {
     let app = spawn(BASIC).await;
-    let err = app.try_call(request("", &[&[("key1", "a")]])).await.unwrap_err();
+    let err = app
+        .try_call(request("", &[&[("key1", "a")]]))
+        .await
+        .unwrap_err();
     assert_eq!(err.message(), "rate limit domain must not be empty");
     assert_eq!(err.code(), tonic::Code::Unknown);
     let err = app.try_call(request("basic", &[])).await.unwrap_err();
-    assert_eq!(err.message(), "rate limit descriptor list must not be empty");
-    assert_eq!(app.metric(r#"ratelimit_service_should_rate_limit_error{err_type="service_error"}"#).await, 2);
+    assert_eq!(
+        err.message(),
+        "rate limit descriptor list must not be empty"
+    );
+    assert_eq!(
+        app.metric(r#"ratelimit_service_should_rate_limit_error{err_type="service_error"}"#)
+            .await,
+        2
+    );
 }
 
 #[tokio::test]
 async fn stop_incrementing_keeps_an_over_limit_counter_from_growing() {
-    let app = spawn_with(&[("r.yaml", BASIC)], |s| s.stop_incrementing_when_over_limit = true).await;
+    let app = spawn_with(&[("r.yaml", BASIC)], |s| {
+        s.stop_incrementing_when_over_limit = true
+    })
+    .await;
     for _ in 0..5 {
         app.call(request("basic", &[&[("key1", "a")]])).await;
     }
@@ -471,7 +651,10 @@ async fn stop_incrementing_keeps_an_over_limit_counter_from_growing() {
         hits_addend: 0,
     };
     let r = app.call(check).await;
-    assert_eq!((code(&r.statuses[0]), r.statuses[0].limit_remaining), (Code::Ok, 0));
+    assert_eq!(
+        (code(&r.statuses[0]), r.statuses[0].limit_remaining),
+        (Code::Ok, 0)
+    );
 }
 
 #[tokio::test]
@@ -497,13 +680,24 @@ async fn negative_hits_give_back_to_the_limit() {
     let mut refund = descriptor_with_hits(&[("key1", "a")], 2);
     refund.is_negative_hits = true;
     let r = app
-        .call(RateLimitRequest { domain: "basic".into(), descriptors: vec![refund.clone()], hits_addend: 0 })
+        .call(RateLimitRequest {
+            domain: "basic".into(),
+            descriptors: vec![refund.clone()],
+            hits_addend: 0,
+        })
         .await;
-    assert_eq!((code(&r.statuses[0]), r.statuses[0].limit_remaining), (Code::Ok, 2));
+    assert_eq!(
+        (code(&r.statuses[0]), r.statuses[0].limit_remaining),
+        (Code::Ok, 2)
+    );
     // Never below zero.
     refund.hits_addend = Some(envoy_types::pb::google::protobuf::UInt64Value { value: 50 });
     let r = app
-        .call(RateLimitRequest { domain: "basic".into(), descriptors: vec![refund], hits_addend: 0 })
+        .call(RateLimitRequest {
+            domain: "basic".into(),
+            descriptors: vec![refund],
+            hits_addend: 0,
+        })
         .await;
     assert_eq!(r.statuses[0].limit_remaining, 3);
 }
@@ -521,5 +715,9 @@ descriptors:
     )
     .await;
     app.call(request("d", &[&[("user", "alice")]])).await;
-    assert_eq!(app.metric(r#"ratelimit_service_rate_limit_total_hits{domain="d",key1="user_alice"}"#).await, 1);
+    assert_eq!(
+        app.metric(r#"ratelimit_service_rate_limit_total_hits{domain="d",key1="user_alice"}"#)
+            .await,
+        1
+    );
 }

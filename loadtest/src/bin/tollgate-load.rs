@@ -162,7 +162,9 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Some(Command::Wait(args)) => wait(&args.target, Duration::from_secs_f64(args.timeout.max(0.0))).await,
+        Some(Command::Wait(args)) => {
+            wait(&args.target, Duration::from_secs_f64(args.timeout.max(0.0))).await
+        }
         Some(Command::FreePort) => {
             let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
             println!("{}", listener.local_addr()?.port());
@@ -206,7 +208,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         if path.as_os_str() == "-" {
             println!("{text}");
         } else {
-            std::fs::write(path, text + "\n").with_context(|| format!("cannot write {}", path.display()))?;
+            std::fs::write(path, text + "\n")
+                .with_context(|| format!("cannot write {}", path.display()))?;
         }
     }
     Ok(())
@@ -238,7 +241,8 @@ fn describe(r: &RunResult) -> String {
         ms(r.latency.max_us),
         cores(r.client_cpu),
         cores(r.server_cpu),
-        r.server_rss_mib.map_or_else(|| "?".to_owned(), |m| format!("{m:.0}")),
+        r.server_rss_mib
+            .map_or_else(|| "?".to_owned(), |m| format!("{m:.0}")),
         r.requests,
         r.over_limit,
         r.errors,
@@ -260,7 +264,10 @@ async fn wait(target: &str, timeout: Duration) -> anyhow::Result<()> {
         .await;
         match attempt {
             Ok(Ok(())) => {
-                eprintln!("{target} answers (after {:.1} s)", started.elapsed().as_secs_f64());
+                eprintln!(
+                    "{target} answers (after {:.1} s)",
+                    started.elapsed().as_secs_f64()
+                );
                 return Ok(());
             }
             Ok(Err(e)) => last_error = format!("{e:#}"),
@@ -274,9 +281,10 @@ async fn wait(target: &str, timeout: Duration) -> anyhow::Result<()> {
 fn write_report(args: &ReportArgs) -> anyhow::Result<()> {
     let mut results = Vec::new();
     for file in &args.files {
-        let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-        let result: RunResult =
-            serde_json::from_str(&text).with_context(|| format!("{} is not a run result", file.display()))?;
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        let result: RunResult = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a run result", file.display()))?;
         results.push(result);
     }
     let rows = report::aggregate(&results, &args.baseline);
@@ -284,7 +292,8 @@ fn write_report(args: &ReportArgs) -> anyhow::Result<()> {
     if args.out.as_os_str() == "-" {
         std::io::stdout().write_all(tables.as_bytes())?;
     } else {
-        std::fs::write(&args.out, &tables).with_context(|| format!("cannot write {}", args.out.display()))?;
+        std::fs::write(&args.out, &tables)
+            .with_context(|| format!("cannot write {}", args.out.display()))?;
     }
     if let Some(path) = &args.json_out {
         let doc = serde_json::json!({ "baseline": args.baseline, "rows": rows, "runs": results });
