@@ -243,18 +243,18 @@ pub async fn open_ledger(settings: &Settings, clock: SharedClock) -> anyhow::Res
             .await
             .context("cannot migrate the ledger")?;
     }
-    if let Some(secret) = &settings.bootstrap_token {
-        if ledger.token_count().await? == 0 {
-            let bootstrap = NewToken {
-                name: "bootstrap".into(),
-                role: Role::Admin,
-                tenant_id: None,
-            };
-            ledger
-                .create_token("system", &bootstrap, Some(secret))
-                .await?;
-            tracing::info!("created the bootstrap admin token");
-        }
+    if let Some(secret) = &settings.bootstrap_token
+        && ledger.token_count().await? == 0
+    {
+        let bootstrap = NewToken {
+            name: "bootstrap".into(),
+            role: Role::Admin,
+            tenant_id: None,
+        };
+        ledger
+            .create_token("system", &bootstrap, Some(secret))
+            .await?;
+        tracing::info!("created the bootstrap admin token");
     }
     Ok(ledger)
 }

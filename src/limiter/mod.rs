@@ -593,10 +593,11 @@ impl Limiter {
         stats.over_limit.increment(charge.over_limit);
         stats.near_limit.increment(charge.near_limit);
         stats.within_limit.increment(charge.within_limit);
-        if charge.code == Code::OverLimit && limit.algorithm == Algorithm::FixedWindow {
-            if let Some(cache) = &self.over_limit_cache {
-                cache.insert(updates[update].key.clone(), ());
-            }
+        if charge.code == Code::OverLimit
+            && limit.algorithm == Algorithm::FixedWindow
+            && let Some(cache) = &self.over_limit_cache
+        {
+            cache.insert(updates[update].key.clone(), ());
         }
         let in_use = if charge.code == Code::Ok {
             before + hits
@@ -942,10 +943,10 @@ fn metadata_for(
         .collect();
     let mut merged = Map::new();
     for (node, status) in nodes.iter().zip(statuses) {
-        if status.code == Code::Ok {
-            if let Some(meta) = node.and_then(|n| n.metadata.as_ref()) {
-                merge_first_wins(&mut merged, meta);
-            }
+        if status.code == Code::Ok
+            && let Some(meta) = node.and_then(|n| n.metadata.as_ref())
+        {
+            merge_first_wins(&mut merged, meta);
         }
     }
     let mut out = Map::new();

@@ -210,11 +210,11 @@ fn compile_level(
     errors: &mut Vec<String>,
 ) {
     for yaml in descriptors {
-        if let Some(node) = compile_node(yaml, domain, parent_path, metrics, errors) {
-            if level.insert(node).is_err() {
-                let stat_key = stat_key(domain, parent_path, &composite_key(yaml));
-                errors.push(format!("duplicate descriptor composite key '{stat_key}'"));
-            }
+        if let Some(node) = compile_node(yaml, domain, parent_path, metrics, errors)
+            && level.insert(node).is_err()
+        {
+            let stat_key = stat_key(domain, parent_path, &composite_key(yaml));
+            errors.push(format!("duplicate descriptor composite key '{stat_key}'"));
         }
     }
 }
@@ -476,7 +476,7 @@ fn unit_dividing(window_secs: u64) -> Unit {
     Unit::ALL
         .into_iter()
         .rev()
-        .find(|u| window_secs % u.seconds() == 0)
+        .find(|u| window_secs.is_multiple_of(u.seconds()))
         .unwrap_or(Unit::Second)
 }
 

@@ -180,17 +180,17 @@ impl MemoryStore {
         now_secs: u64,
         f: impl FnOnce(Option<u64>) -> (R, Option<(u64, Expiry)>),
     ) -> R {
-        if let Some(mut slot) = self.slots.get_mut(key) {
-            if slot.expires_at > now_secs {
-                let (out, write) = f(Some(slot.count));
-                if let Some((count, expiry)) = write {
-                    slot.count = count;
-                    if let Expiry::At(at) = expiry {
-                        slot.expires_at = at;
-                    }
+        if let Some(mut slot) = self.slots.get_mut(key)
+            && slot.expires_at > now_secs
+        {
+            let (out, write) = f(Some(slot.count));
+            if let Some((count, expiry)) = write {
+                slot.count = count;
+                if let Expiry::At(at) = expiry {
+                    slot.expires_at = at;
                 }
-                return out;
             }
+            return out;
         }
         match self.slots.entry(key.to_owned()) {
             // Created between the two lookups, or expired and not yet swept.

@@ -21,7 +21,7 @@ use tollgate::settings::Settings;
 use tonic::transport::Channel;
 
 /// Test time starts at the beginning of an hour so minute and hour windows are whole.
-pub const START_SECS: u64 = 1_800_000_000 - 1_800_000_000 % 3600;
+pub const START_SECS: u64 = 1_800_000_000;
 
 /// The shared Redis for tests (each test app uses its own key prefix).
 pub fn redis_url() -> String {
