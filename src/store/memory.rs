@@ -6,12 +6,16 @@
 //! [`MemoryStore::sweep`] drops expired counters, and a background task started by
 //! [`MemoryStore::spawn_sweeper`] calls it so memory stays bounded by the live windows.
 
-use std::sync::Arc;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 
+use super::budget::{BudgetCall, BudgetReply, OutboxEntry};
+use super::budget_book::{BudgetBook, Outbox};
+use super::outbox::FileOutbox;
 use super::{
     CounterKind, CounterStore, CounterUpdate, StoreError, bucket_in_use, sliding_estimate,
 };
@@ -37,16 +41,45 @@ enum Expiry {
 #[derive(Clone)]
 pub struct MemoryStore {
     slots: Arc<DashMap<String, Slot>>,
+    /// Budget counters, reservations and the usage outbox, under one lock.
+    budgets: Arc<Mutex<BudgetBook>>,
     clock: SharedClock,
 }
 
 impl MemoryStore {
-    /// An empty store reading time from `clock`.
+    /// An empty store reading time from `clock`, whose usage outbox is kept in memory
+    /// only (lost with the process: for tests that do not need the ledger path).
     pub fn new(clock: SharedClock) -> Self {
+        let outbox = Outbox::Memory {
+            next: 0,
+            queue: Default::default(),
+        };
+        Self::with(clock, outbox)
+    }
+
+    /// An empty store whose usage outbox is the file at `path` (created if absent; events
+    /// left there by an earlier run are pending again).
+    pub fn with_outbox_file(clock: SharedClock, path: &Path) -> std::io::Result<Self> {
+        Ok(Self::with(clock, Outbox::File(FileOutbox::open(path)?)))
+    }
+
+    fn with(clock: SharedClock, outbox: Outbox) -> Self {
         Self {
             slots: Arc::new(DashMap::new()),
+            budgets: Arc::new(Mutex::new(BudgetBook::new(outbox))),
             clock,
         }
+    }
+
+    /// Forgets every counter, budget counter, marker and reservation, as a Redis flush
+    /// would, but keeps the outbox (for tests of the rebuild).
+    pub fn forget_counters(&self) {
+        self.slots.clear();
+        self.book().forget_counters();
+    }
+
+    fn book(&self) -> std::sync::MutexGuard<'_, BudgetBook> {
+        self.budgets.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Drops every expired counter.
@@ -227,6 +260,21 @@ impl CounterStore for MemoryStore {
     async fn apply(&self, updates: &[CounterUpdate]) -> Result<Vec<u64>, StoreError> {
         let now = self.clock.now_secs();
         Ok(updates.iter().map(|u| self.apply_one(u, now)).collect())
+    }
+
+    async fn budget(&self, call: &BudgetCall) -> Result<BudgetReply, StoreError> {
+        self.book().call(call)
+    }
+
+    async fn outbox_pending(&self, max: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        self.book().pending(max)
+    }
+
+    async fn outbox_ack(&self, ids: &[String]) -> Result<(), StoreError> {
+        match ids.last() {
+            Some(last) => self.book().ack(last),
+            None => Ok(()),
+        }
     }
 
     fn is_healthy(&self) -> bool {

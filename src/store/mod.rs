@@ -4,12 +4,16 @@
 //! [`redis`] (shared by replicas) implement it, and `tests/store_contract.rs` runs the same
 //! scenarios against both so they cannot drift. Keys are built in [`keys`] only.
 
+pub mod budget;
+mod budget_book;
 pub mod keys;
 pub mod memory;
+pub mod outbox;
 pub mod redis;
 
 use std::future::Future;
 
+use self::budget::{BudgetCall, BudgetReply, OutboxEntry};
 pub use self::memory::MemoryStore;
 pub use self::redis::RedisStore;
 
@@ -137,6 +141,23 @@ pub trait CounterStore: Send + Sync + 'static {
         updates: &[CounterUpdate],
     ) -> impl Future<Output = Result<Vec<u64>, StoreError>> + Send;
 
+    /// Runs one atomic budget step (see [`budget`]).
+    fn budget(
+        &self,
+        call: &BudgetCall,
+    ) -> impl Future<Output = Result<BudgetReply, StoreError>> + Send;
+
+    /// Up to `max` usage events settled but not yet acknowledged by the ledger writer,
+    /// oldest first. Events read but never acknowledged are read again.
+    fn outbox_pending(
+        &self,
+        max: usize,
+    ) -> impl Future<Output = Result<Vec<OutboxEntry>, StoreError>> + Send;
+
+    /// Acknowledges events the ledger has committed (ids from [`Self::outbox_pending`],
+    /// in the order read): they are never read again.
+    fn outbox_ack(&self, ids: &[String]) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// Whether the last contact with the backend succeeded (health checks report this).
     fn is_healthy(&self) -> bool;
 }
@@ -164,6 +185,27 @@ impl CounterStore for Store {
         match self {
             Store::Memory(s) => s.apply(updates).await,
             Store::Redis(s) => s.apply(updates).await,
+        }
+    }
+
+    async fn budget(&self, call: &BudgetCall) -> Result<BudgetReply, StoreError> {
+        match self {
+            Store::Memory(s) => s.budget(call).await,
+            Store::Redis(s) => s.budget(call).await,
+        }
+    }
+
+    async fn outbox_pending(&self, max: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        match self {
+            Store::Memory(s) => s.outbox_pending(max).await,
+            Store::Redis(s) => s.outbox_pending(max).await,
+        }
+    }
+
+    async fn outbox_ack(&self, ids: &[String]) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(s) => s.outbox_ack(ids).await,
+            Store::Redis(s) => s.outbox_ack(ids).await,
         }
     }
 

@@ -94,6 +94,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use super::budget::{BudgetCall, BudgetReply, OutboxEntry};
 use super::{CounterKind, CounterStore, CounterUpdate, StoreError, keys};
 
 /// Script calls outstanding at once; requests arriving meanwhile share the next call.
@@ -900,6 +901,21 @@ impl CounterStore for RedisStore {
         let stopped = || StoreError::Unavailable("the Redis store is shutting down".to_owned());
         self.jobs.send(job).map_err(|_| stopped())?;
         answer.await.unwrap_or_else(|_| Err(stopped()))
+    }
+
+    async fn budget(&self, call: &BudgetCall) -> Result<BudgetReply, StoreError> {
+        let _ = call;
+        Err(StoreError::Unavailable("budget calls on Redis: in progress".into()))
+    }
+
+    async fn outbox_pending(&self, max: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        let _ = max;
+        Err(StoreError::Unavailable("budget calls on Redis: in progress".into()))
+    }
+
+    async fn outbox_ack(&self, ids: &[String]) -> Result<(), StoreError> {
+        let _ = ids;
+        Err(StoreError::Unavailable("budget calls on Redis: in progress".into()))
     }
 
     fn is_healthy(&self) -> bool {
