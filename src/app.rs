@@ -4,7 +4,8 @@
 //! [`App::build`] binds both listeners (port 0 works, for tests) and loads everything;
 //! [`App::run`] serves until the shutdown future resolves, then shuts down in order:
 //! health turns NOT_SERVING, an optional delay lets load balancers notice, listeners
-//! stop accepting, and in-flight calls get a grace period to finish.
+//! stop accepting, in-flight calls get a grace period to finish, and then the ledger
+//! writer drains the usage outbox one last time (so their settlements are written).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,12 +19,15 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 
 use crate::admin::{self, AdminState};
+use crate::alerts::Alerter;
 use crate::clock::{SharedClock, SystemClock};
 use crate::edge::grpc::RateLimitGrpc;
 use crate::edge::health::Health;
 use crate::edge::http::{self, HttpState};
 use crate::ledger::Ledger;
 use crate::ledger::tokens::{NewToken, Role};
+use crate::ledger::balances::LedgerBalances;
+use crate::ledger::writer::LedgerWriter;
 use crate::limiter::Limiter;
 use crate::policy::{self, PolicyLoader};
 use crate::rules::watch::{self, CurrentRules, RulesWatcher};
@@ -45,6 +49,8 @@ pub struct App {
     limiter: Arc<Limiter>,
     metrics: Metrics,
     background: Vec<tokio::task::JoinHandle<()>>,
+    /// Moves settled usage events from the store's outbox into the ledger.
+    ledger_writer: Arc<LedgerWriter>,
     _watcher: Option<RulesWatcher>,
     /// Keeps the limiter's tenant policy in step with the ledger; stops when dropped.
     policy: PolicyLoader,
@@ -89,7 +95,13 @@ impl App {
 
         let mut background = Vec::new();
         let store = if settings.store == "memory" {
-            let store = MemoryStore::new(clock.clone());
+            let store = MemoryStore::with_outbox_file(clock.clone(), &settings.outbox_path)
+                .with_context(|| {
+                    format!(
+                        "cannot open the usage outbox file {} (setting outbox_path)",
+                        settings.outbox_path.display()
+                    )
+                })?;
             background.push(store.spawn_sweeper(SWEEP_EVERY));
             Store::Memory(store)
         } else {
@@ -101,10 +113,17 @@ impl App {
         tracing::info!(store = %redact_url(&settings.store), "counter store ready");
 
         let ledger = open_ledger(&settings, clock.clone()).await?;
+        let ledger_writer = Arc::new(LedgerWriter::new(
+            store.clone(),
+            ledger.clone(),
+            metrics.ledger_writer.clone(),
+        ));
         let resync = Duration::from_secs(settings.policy_resync_secs);
         let policy = policy::start(ledger.clone(), resync, metrics.policy.clone())
             .await
             .context("cannot load the tenant policy from the ledger")?;
+        let alerter = Alerter::new(settings.alerter_options(), metrics.clone())
+            .context("cannot set up budget alerts")?;
         let limiter = Limiter::new(
             rules,
             store,
@@ -112,7 +131,13 @@ impl App {
             metrics.clone(),
             settings.limiter_options(),
         )
-        .with_policy(policy.current().clone());
+        .with_policy(policy.current().clone())
+        .with_alerter(alerter)
+        .with_spent_source(Arc::new(LedgerBalances {
+            ledger: ledger.clone(),
+            writer: ledger_writer.clone(),
+        }))
+        .with_settle_waker(ledger_writer.waker());
         let limiter = Arc::new(limiter);
         let grpc_listener = TcpListener::bind(settings.grpc_addr)
             .await
@@ -131,6 +156,7 @@ impl App {
             limiter,
             metrics,
             background,
+            ledger_writer,
             _watcher: watcher,
             policy,
         })
@@ -160,6 +186,11 @@ impl App {
         &self.limiter
     }
 
+    /// The ledger writer (the limiter wakes it after settlements; a rebuild drains it).
+    pub fn ledger_writer(&self) -> &Arc<LedgerWriter> {
+        &self.ledger_writer
+    }
+
     /// Serves until `shutdown` resolves, then shuts down in order.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let App {
@@ -170,6 +201,7 @@ impl App {
             limiter,
             metrics,
             mut background,
+            ledger_writer,
             _watcher,
             policy,
         } = self;
@@ -177,6 +209,14 @@ impl App {
         let health = Health::new(limiter.clone(), reporter, settings.healthy_requires_rules);
         health.publish().await;
         background.push(health.spawn_publisher(HEALTH_EVERY));
+
+        // The writer has its own stop, given only once the servers have stopped, so the
+        // settlements of calls still in flight at shutdown reach the ledger. Stopped on any
+        // early return too.
+        let writer_stop = CancellationToken::new();
+        let _writer_stop_on_return = writer_stop.clone().drop_guard();
+        let mut writer =
+            ledger_writer.spawn(settings.ledger_writer_interval(), writer_stop.clone());
 
         let stop = CancellationToken::new();
         let grpc = tonic::transport::Server::builder()
@@ -219,6 +259,16 @@ impl App {
         .is_err()
         {
             tracing::warn!(?grace, "in-flight calls did not finish in time");
+        }
+        tracing::info!("writing the last settled usage to the ledger");
+        writer_stop.cancel();
+        if tokio::time::timeout(grace, &mut writer).await.is_err() {
+            // Safe to cut short: events leave the outbox only after the ledger commits them.
+            writer.abort();
+            tracing::warn!(
+                ?grace,
+                "the ledger writer did not finish in time; the rest stays in the outbox"
+            );
         }
         background.iter().for_each(tokio::task::JoinHandle::abort);
         drop(policy);

@@ -11,8 +11,12 @@
 //!
 //! Around them: [`settings`] (layered configuration), [`telemetry`] (logs and metrics),
 //! [`clock`] (injectable time) and [`app`] (wires everything and runs it).
+//!
+//! [`alerts`]: when a settlement takes a budget past one of its alert thresholds, the
+//! limiter raises an alert: counted, logged, and POSTed to an optional webhook.
 
 pub mod admin;
+pub mod alerts;
 pub mod app;
 pub mod clock;
 pub mod edge;

@@ -33,6 +33,12 @@ pub struct Settings {
     pub store: String,
     /// Longest wait for the store before the call fails with UNAVAILABLE, in milliseconds.
     pub store_deadline_ms: u64,
+    /// Seconds a session's lifetime counters outlive its last request.
+    pub session_idle_ttl_secs: u64,
+    /// Seconds an unsettled budget reservation holds its budgets before it is released.
+    pub reservation_ttl_secs: u64,
+    /// Seconds a settled request id is remembered, so a repeated settlement is not charged.
+    pub settled_ttl_secs: u64,
     /// PEM file of the CA certificates a `rediss` store's servers are verified against,
     /// instead of the public webpki roots (`REDIS_TLS_CACERT`).
     pub redis_tls_ca_file: Option<PathBuf>,
@@ -81,6 +87,18 @@ pub struct Settings {
     /// Seconds between full reloads of tenants, budgets and prices, as a backstop to
     /// change notifications.
     pub policy_resync_secs: u64,
+    /// The memory store's usage outbox: settled usage events wait in this file until the
+    /// ledger has them (created if missing; events an earlier run left are written first).
+    /// Beside it, `<outbox_path>.acked` holds how far the ledger has got.
+    pub outbox_path: PathBuf,
+    /// Milliseconds between the ledger writer's drains of the outbox (it also drains at
+    /// once after each settlement).
+    pub ledger_writer_interval_ms: u64,
+    /// Budget alerts are also POSTed as JSON to this `http://` or `https://` URL (none: only
+    /// logged and counted). It may carry a secret, so it is never logged.
+    pub alert_webhook_url: Option<String>,
+    /// Longest wait for one alert webhook delivery, in milliseconds.
+    pub alert_webhook_timeout_ms: u64,
 }
 
 /// How log lines are written.
@@ -90,6 +108,9 @@ pub enum LogFormat {
     Text,
     Json,
 }
+
+/// Longest lifetime accepted for the quota TTL settings: a year.
+const MAX_TTL_SECS: u64 = 365 * 24 * 3600;
 
 impl Default for Settings {
     fn default() -> Self {
@@ -101,6 +122,9 @@ impl Default for Settings {
             merge_domains: false,
             store: "memory".into(),
             store_deadline_ms: 10,
+            session_idle_ttl_secs: crate::limiter::quota::DEFAULT_SESSION_IDLE_TTL.as_secs(),
+            reservation_ttl_secs: crate::limiter::DEFAULT_RESERVATION_TTL.as_secs(),
+            settled_ttl_secs: crate::limiter::DEFAULT_SETTLED_TTL.as_secs(),
             redis_tls_ca_file: None,
             redis_tls_client_cert_file: None,
             redis_tls_client_key_file: None,
@@ -122,6 +146,10 @@ impl Default for Settings {
             migrate_on_start: true,
             bootstrap_token: None,
             policy_resync_secs: 30,
+            outbox_path: PathBuf::from("tollgate-outbox.jsonl"),
+            ledger_writer_interval_ms: 200,
+            alert_webhook_url: None,
+            alert_webhook_timeout_ms: 5_000,
         }
     }
 }
@@ -185,6 +213,15 @@ impl Settings {
         if self.store_deadline_ms == 0 {
             return invalid("store_deadline_ms", "must be at least 1");
         }
+        for (field, secs) in [
+            ("session_idle_ttl_secs", self.session_idle_ttl_secs),
+            ("reservation_ttl_secs", self.reservation_ttl_secs),
+            ("settled_ttl_secs", self.settled_ttl_secs),
+        ] {
+            if !(1..=MAX_TTL_SECS).contains(&secs) {
+                return invalid(field, "must be between 1 and 31536000 seconds (a year)");
+            }
+        }
         let known = [
             "memory",
             "redis://",
@@ -218,6 +255,17 @@ impl Settings {
         }
         if self.policy_resync_secs == 0 {
             return invalid("policy_resync_secs", "must be at least 1");
+        }
+        if self.ledger_writer_interval_ms == 0 {
+            return invalid("ledger_writer_interval_ms", "must be at least 1");
+        }
+        if let Some(url) = &self.alert_webhook_url
+            && let Err(problem) = crate::alerts::check_webhook_url(url)
+        {
+            return invalid("alert_webhook_url", &problem);
+        }
+        if self.alert_webhook_timeout_ms == 0 {
+            return invalid("alert_webhook_timeout_ms", "must be at least 1");
         }
         for (field, name) in [
             ("header_limit", &self.header_limit),
@@ -295,7 +343,18 @@ impl Settings {
             dynamic_metadata: self.dynamic_metadata,
             store_deadline: self.store_deadline(),
             local_cache_size: self.local_cache_size,
-            session_idle_ttl: crate::limiter::quota::DEFAULT_SESSION_IDLE_TTL,
+            session_idle_ttl: Duration::from_secs(self.session_idle_ttl_secs),
+            reservation_ttl: Duration::from_secs(self.reservation_ttl_secs),
+            settled_ttl: Duration::from_secs(self.settled_ttl_secs),
+        }
+    }
+
+    /// How budget alerts are delivered.
+    pub fn alerter_options(&self) -> crate::alerts::AlerterOptions {
+        crate::alerts::AlerterOptions {
+            webhook_url: self.alert_webhook_url.clone(),
+            webhook_timeout: Duration::from_millis(self.alert_webhook_timeout_ms),
+            ..crate::alerts::AlerterOptions::default()
         }
     }
 
@@ -304,6 +363,11 @@ impl Settings {
         LoadOptions {
             merge_domains: self.merge_domains,
         }
+    }
+
+    /// How often the ledger writer drains the outbox.
+    pub fn ledger_writer_interval(&self) -> Duration {
+        Duration::from_millis(self.ledger_writer_interval_ms)
     }
 
     /// The store deadline as a duration.
@@ -390,6 +454,56 @@ mod tests {
             ..Settings::default()
         };
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn an_alert_webhook_must_be_an_http_url() {
+        let with = |url: &str| Settings {
+            alert_webhook_url: Some(url.into()),
+            ..Settings::default()
+        };
+        assert!(
+            with("https://hooks.example.com/T0/B0/secret")
+                .validate()
+                .is_ok()
+        );
+        assert!(with("http://127.0.0.1:9000/alerts").validate().is_ok());
+        for bad in ["ftp://example.com/x", "hooks.example.com/x", "https://", ""] {
+            let err = with(bad).validate().unwrap_err().to_string();
+            assert!(err.contains("'alert_webhook_url'"), "{bad:?}: {err}");
+        }
+        let err = with("https://user:hunter2@/x")
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+        let bad = Settings {
+            alert_webhook_timeout_ms: 0,
+            ..Settings::default()
+        };
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("'alert_webhook_timeout_ms'")
+        );
+    }
+
+    #[test]
+    fn the_outbox_has_a_default_file_and_the_writer_a_positive_interval() {
+        let s = Settings::default();
+        assert_eq!(s.outbox_path, PathBuf::from("tollgate-outbox.jsonl"));
+        assert_eq!(s.ledger_writer_interval(), Duration::from_millis(200));
+        let bad = Settings {
+            ledger_writer_interval_ms: 0,
+            ..Settings::default()
+        };
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("'ledger_writer_interval_ms'")
+        );
     }
 
     #[test]

@@ -71,6 +71,55 @@ pub struct PolicyStats {
     pub refused_tenant_not_active: Counter,
     /// Descriptors refused because the model is not granted to the tenant.
     pub refused_model_not_approved: Counter,
+    /// Descriptors refused because a hard token or money budget is spent.
+    pub refused_budget_exhausted: Counter,
+    /// Descriptors refused by a plan request limit or a session request budget.
+    pub refused_rate_limited: Counter,
+}
+
+/// Statistics of token and money budgets.
+#[derive(Clone)]
+pub struct BudgetStats {
+    /// Usage events settled (charged once and queued for the ledger).
+    pub settled: Counter,
+    /// Settlements of a request id already settled (changed nothing).
+    pub duplicate_settlements: Counter,
+    /// Reservations taken on the request path.
+    pub reserved: Counter,
+    /// Reservations released unsettled because their deadline passed.
+    pub reservations_expired: Counter,
+    /// Budget periods rebuilt from the ledger (first use, or counters lost).
+    pub rebuilt: Counter,
+    /// Usage of a tenant the policy does not know: not charged, logged.
+    pub unknown_tenant_usage: Counter,
+    /// Token types settled without a price in force (charged at 0, logged).
+    pub unpriced: Counter,
+}
+
+/// Budget alert deliveries (see `alerts`); the alerts themselves are counted per budget
+/// and threshold by [`Metrics::budget_alert`].
+#[derive(Clone)]
+pub struct AlertStats {
+    /// Webhook deliveries given up after the retry.
+    pub webhook_failures: Counter,
+    /// Webhook deliveries not attempted because too many were already in flight.
+    pub webhook_dropped: Counter,
+}
+
+/// The ledger writer's progress (see `ledger::writer`).
+#[derive(Clone)]
+pub struct LedgerWriterStats {
+    /// Usage events inserted into the ledger.
+    pub events: Counter,
+    /// Events the ledger already held (a replayed or resent settlement): acknowledged only.
+    pub duplicates: Counter,
+    /// Events that could not be parsed or validated: logged, skipped and acknowledged.
+    pub invalid: Counter,
+    /// Drain attempts that failed (store or ledger unreachable); the events stay pending.
+    pub errors: Counter,
+    /// Events pending at the writer's last read of the outbox, at most one batch; 0 once
+    /// it has caught up.
+    pub backlog: Gauge,
 }
 
 /// This app's metrics registry and its Prometheus rendering.
@@ -81,6 +130,9 @@ pub struct Metrics {
     runtime_series: Arc<AtomicUsize>,
     pub service: ServiceStats,
     pub policy: PolicyStats,
+    pub ledger_writer: LedgerWriterStats,
+    pub alerts: AlertStats,
+    pub budgets: BudgetStats,
 }
 
 impl Default for Metrics {
@@ -132,6 +184,29 @@ impl Metrics {
             tenants: recorder.register_gauge(&Key::from_name("tollgate_policy_tenants"), &METADATA),
             refused_tenant_not_active: refused("tenant_not_active"),
             refused_model_not_approved: refused("model_not_approved"),
+            refused_budget_exhausted: refused("budget_exhausted"),
+            refused_rate_limited: refused("rate_limited"),
+        };
+        let budgets = BudgetStats {
+            settled: plain("tollgate_usage_settled_total"),
+            duplicate_settlements: plain("tollgate_usage_duplicate_settlements_total"),
+            reserved: plain("tollgate_reservations_total"),
+            reservations_expired: plain("tollgate_reservations_expired_total"),
+            rebuilt: plain("tollgate_budget_periods_rebuilt_total"),
+            unknown_tenant_usage: plain("tollgate_usage_unknown_tenant_total"),
+            unpriced: plain("tollgate_usage_unpriced_total"),
+        };
+        let alerts = AlertStats {
+            webhook_failures: plain("tollgate_budget_alert_webhook_failures_total"),
+            webhook_dropped: plain("tollgate_budget_alert_webhook_dropped_total"),
+        };
+        let ledger_writer = LedgerWriterStats {
+            events: plain("tollgate_ledger_writer_events_total"),
+            duplicates: plain("tollgate_ledger_writer_duplicates_total"),
+            invalid: plain("tollgate_ledger_writer_invalid_total"),
+            errors: plain("tollgate_ledger_writer_errors_total"),
+            backlog: recorder
+                .register_gauge(&Key::from_name("tollgate_ledger_writer_backlog"), &METADATA),
         };
         Self {
             recorder: Arc::new(recorder),
@@ -139,6 +214,9 @@ impl Metrics {
             runtime_series: Arc::new(AtomicUsize::new(0)),
             service,
             policy,
+            ledger_writer,
+            alerts,
+            budgets,
         }
     }
 
@@ -183,6 +261,19 @@ impl Metrics {
         self.counter(
             "ratelimit_service_rate_limit_domain_not_found",
             vec![Label::new("domain", domain.to_owned())],
+        )
+    }
+
+    /// `tollgate_budget_alerts_total{budget,threshold}`: alerts raised for a budget (by its
+    /// ledger id: names repeat across tenants) at a threshold. Budgets are created by
+    /// operators and carry at most ten thresholds, so the series are bounded like config keys.
+    pub fn budget_alert(&self, budget_id: &str, threshold_percent: u32) -> Counter {
+        self.counter(
+            "tollgate_budget_alerts_total",
+            vec![
+                Label::new("budget", budget_id.to_owned()),
+                Label::new("threshold", threshold_percent.to_string()),
+            ],
         )
     }
 

@@ -4,13 +4,15 @@
 //!
 //! Each area has its own file: [`tenants`], [`tokens`], [`audit`], [`prices`], [`budgets`],
 //! [`approvals`]; usage events and corrections in [`usage`], reports derived from them in
-//! [`reports`]. Every change runs in a
+//! [`reports`]; [`writer`] moves settled usage events from the counter store's outbox
+//! into the ledger. Every change runs in a
 //! transaction that also writes its audit entry, and announces itself on
 //! [`Ledger::changes`] after commit so in-memory policy can reload (PostgreSQL
 //! `LISTEN/NOTIFY` reaches every replica; SQLite is one process).
 
 pub mod approvals;
 pub mod audit;
+pub mod balances;
 pub mod budgets;
 pub mod follow;
 pub mod prices;
@@ -18,6 +20,7 @@ pub mod reports;
 pub mod tenants;
 pub mod tokens;
 pub mod usage;
+pub mod writer;
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -29,6 +29,7 @@ use super::budgets::{
     Amount, Budget, BudgetFilter, CalendarUnit, Enforcement, Measure, Period, Scope,
 };
 use super::{Ledger, LedgerError};
+use crate::limiter::budget::SpentQuery;
 use crate::limiter::window::Window;
 use crate::rules::Unit;
 
@@ -376,53 +377,53 @@ impl Ledger {
         start_ms: i64,
         end_ms: i64,
     ) -> Result<i64, LedgerError> {
-        let model = (budget.scope == Scope::TenantModel)
-            .then(|| budget.model.clone())
-            .flatten();
-        let spent: i64 = match budget.measure {
-            Measure::Cost => {
-                sqlx::query_scalar(
-                    "SELECT CAST(COALESCE(SUM(cost_micros), 0) AS BIGINT) FROM ledger_entries \
-                     WHERE tenant_id = $1 AND currency = $2 AND occurred_at >= $3 AND occurred_at < $4 \
-                     AND ($5 IS NULL OR model = $5)",
-                )
-                .bind(tenant)
-                .bind(budget.currency.clone().unwrap_or_default())
-                .bind(start_ms)
-                .bind(end_ms)
-                .bind(model)
-                .fetch_one(self.pool())
-                .await?
-            }
-            Measure::Tokens => {
-                sqlx::query_scalar(
-                    "SELECT CAST(COALESCE(SUM(l.tokens), 0) AS BIGINT) FROM ledger_entries e \
-                     JOIN ledger_lines l ON l.entry_id = e.id \
-                     WHERE e.tenant_id = $1 AND e.occurred_at >= $2 AND e.occurred_at < $3 \
-                     AND ($4 IS NULL OR e.model = $4) AND ($5 IS NULL OR l.token_type = $5)",
-                )
-                .bind(tenant)
-                .bind(start_ms)
-                .bind(end_ms)
-                .bind(model)
-                .bind(budget.token_type.clone())
-                .fetch_one(self.pool())
-                .await?
-            }
-            Measure::Requests => {
-                sqlx::query_scalar(
-                    "SELECT CAST(COUNT(*) AS BIGINT) FROM ledger_entries \
-                     WHERE kind = 'usage' AND tenant_id = $1 AND occurred_at >= $2 AND occurred_at < $3 \
-                     AND ($4 IS NULL OR model = $4)",
-                )
-                .bind(tenant)
-                .bind(start_ms)
-                .bind(end_ms)
-                .bind(model)
-                .fetch_one(self.pool())
-                .await?
-            }
+        self.spent_for(&SpentQuery {
+            tenant: Some(tenant.to_owned()),
+            model: (budget.scope == Scope::TenantModel)
+                .then(|| budget.model.clone())
+                .flatten(),
+            session: None,
+            measure: budget.measure,
+            token_type: budget.token_type.clone(),
+            currency: Some(budget.currency.clone().unwrap_or_default()),
+            start_ms,
+            end_ms,
+        })
+        .await
+    }
+
+    /// What the ledger holds for `query`, in the measure's units: micro-units of cost
+    /// (grants and adjustments included), tokens, or usage events. A query without a
+    /// tenant sums every tenant (global budgets).
+    pub async fn spent_for(&self, query: &SpentQuery) -> Result<i64, LedgerError> {
+        const FILTERS: &str = "($1 IS NULL OR e.tenant_id = $1) AND ($2 IS NULL OR e.model = $2) \
+             AND ($3 IS NULL OR e.session_id = $3) AND e.occurred_at >= $4 AND e.occurred_at < $5";
+        let sql = match query.measure {
+            Measure::Cost => format!(
+                "SELECT CAST(COALESCE(SUM(e.cost_micros), 0) AS BIGINT) FROM ledger_entries e \
+                 WHERE {FILTERS} AND ($6 IS NULL OR e.currency = $6)"
+            ),
+            Measure::Tokens => format!(
+                "SELECT CAST(COALESCE(SUM(l.tokens), 0) AS BIGINT) FROM ledger_entries e \
+                 JOIN ledger_lines l ON l.entry_id = e.id WHERE {FILTERS} AND ($6 IS NULL OR l.token_type = $6)"
+            ),
+            Measure::Requests => format!(
+                "SELECT CAST(COUNT(*) AS BIGINT) FROM ledger_entries e \
+                 WHERE e.kind = 'usage' AND {FILTERS}"
+            ),
         };
+        let mut select = sqlx::query_scalar(&sql)
+            .bind(query.tenant.clone())
+            .bind(query.model.clone())
+            .bind(query.session.clone())
+            .bind(query.start_ms)
+            .bind(query.end_ms);
+        select = match query.measure {
+            Measure::Cost => select.bind(query.currency.clone()),
+            Measure::Tokens => select.bind(query.token_type.clone()),
+            Measure::Requests => select,
+        };
+        let spent: i64 = select.fetch_one(self.pool()).await?;
         Ok(spent)
     }
 }

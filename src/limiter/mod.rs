@@ -5,21 +5,25 @@
 //! to the store as one batch.
 
 pub mod accounting;
+pub mod budget;
 pub mod quota;
 pub mod request;
 pub mod window;
 
 use std::borrow::Cow;
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
+use self::budget::{Guard, Guarded, SpentSource};
 use self::quota::{Charges, Checked, QuotaPeriod, Refusal};
 pub use self::request::{
     Code, CurrentLimit, DecideError, Decision, Descriptor, LimitOverride, Request, Status,
 };
 use self::window::Window;
+use crate::alerts::Alerter;
 use crate::clock::SharedClock;
 use crate::policy::{self, CurrentPolicy};
 use crate::rules::tree::{Algorithm, Period};
@@ -57,6 +61,10 @@ pub struct LimiterOptions {
     pub local_cache_size: usize,
     /// How long a session's lifetime counters outlive its last request.
     pub session_idle_ttl: Duration,
+    /// How long an unsettled reservation holds its budgets before it is released.
+    pub reservation_ttl: Duration,
+    /// How long a settled request id is remembered (a later duplicate is charged again).
+    pub settled_ttl: Duration,
 }
 
 impl Default for LimiterOptions {
@@ -71,9 +79,16 @@ impl Default for LimiterOptions {
             store_deadline: Duration::from_millis(10),
             local_cache_size: 0,
             session_idle_ttl: quota::DEFAULT_SESSION_IDLE_TTL,
+            reservation_ttl: DEFAULT_RESERVATION_TTL,
+            settled_ttl: DEFAULT_SETTLED_TTL,
         }
     }
 }
+
+/// Reservation lifetime unless configured: longer than any sane model response.
+pub const DEFAULT_RESERVATION_TTL: Duration = Duration::from_secs(15 * 60);
+/// How long settled request ids are remembered unless configured: a week.
+pub const DEFAULT_SETTLED_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Decides `ShouldRateLimit` calls.
 pub struct Limiter {
@@ -86,6 +101,12 @@ pub struct Limiter {
     over_limit_cache: Option<quick_cache::sync::Cache<String, ()>>,
     /// Tenants and their grants, for domains with a `quota:` block.
     policy: CurrentPolicy,
+    /// Raises budget alerts when a settlement crosses a threshold (none: not raised).
+    alerter: Option<Alerter>,
+    /// Where lost or new budget periods are rebuilt from (none: from zero).
+    spent_source: Option<Arc<dyn SpentSource>>,
+    /// Signalled after every settlement, so the ledger writer moves it promptly.
+    settled: Arc<tokio::sync::Notify>,
 }
 
 /// The limits in force for one descriptor, once matching and `replaces` are done.
@@ -173,13 +194,40 @@ impl Limiter {
             options,
             over_limit_cache,
             policy: policy::empty(),
+            alerter: None,
+            spent_source: None,
+            settled: Arc::new(tokio::sync::Notify::new()),
         }
+    }
+
+    /// Rebuilds budget periods from `source` (the ledger) when their counters are missing.
+    pub fn with_spent_source(mut self, source: Arc<dyn SpentSource>) -> Self {
+        self.spent_source = Some(source);
+        self
+    }
+
+    /// Signals `waker` after every settlement (the ledger writer's, so it moves the event
+    /// at once).
+    pub fn with_settle_waker(mut self, waker: Arc<tokio::sync::Notify>) -> Self {
+        self.settled = waker;
+        self
     }
 
     /// Reads tenants from `policy` in quota domains (without it, every tenant is unknown).
     pub fn with_policy(mut self, policy: CurrentPolicy) -> Self {
         self.policy = policy;
         self
+    }
+
+    /// Raises budget alerts through `alerter` when settlements cross thresholds.
+    pub fn with_alerter(mut self, alerter: Alerter) -> Self {
+        self.alerter = Some(alerter);
+        self
+    }
+
+    /// Where budget alerts go, if anywhere.
+    pub fn alerter(&self) -> Option<&Alerter> {
+        self.alerter.as_ref()
     }
 
     /// The policy in force (for tests and diagnostics).
@@ -222,6 +270,8 @@ impl Limiter {
             .map(|keys| (keys, self.policy.load_full()));
         let mut applied = Vec::with_capacity(request.descriptors.len());
         let mut charges: Vec<Charges<'_, '_>> = Vec::new();
+        let mut guards: Vec<Guard<'_, '_>> = Vec::new();
+        let mut usage = Vec::new();
         for (index, d) in request.descriptors.iter().enumerate() {
             if let Some((keys, policy)) = &policy {
                 match quota::check(keys, policy, d) {
@@ -236,10 +286,19 @@ impl Limiter {
                             charges.resize_with(request.descriptors.len(), Charges::default);
                             charges[index] = c;
                         }
+                        if budget::Scopes::guarded_by(&admitted.entries).is_some() {
+                            guards.push(Guard {
+                                index,
+                                tenant: admitted.tenant,
+                                entries: admitted.entries,
+                                addend: d.hits_addend,
+                            });
+                        }
                     }
-                    // TODO(usage/settlement): stream-done usage is charged by the usage
-                    // work; here it is neither tenant-checked nor request-counted.
-                    Some(Checked::Usage(_)) | None => {}
+                    // Stream-done usage: settled below, never tenant-checked nor
+                    // request-counted.
+                    Some(Checked::Usage(entries)) => usage.push((entries, hits_of(request, d))),
+                    None => {}
                 }
             }
             applied.push(self.resolve(domain, d, index)?);
@@ -281,11 +340,40 @@ impl Limiter {
                     .collect()
             })
             .collect();
-        let befores = if updates.is_empty() {
-            Vec::new()
-        } else {
-            self.apply(&updates).await?
-        };
+        // The counters, the budget guards and the settlements are independent: one
+        // round trip's worth of waiting for all three.
+        let no_policy = policy::Policy::default();
+        let snapshot = policy.as_ref().map_or(&no_policy, |(_, p)| &**p);
+        let now_ms = nanos / 1_000_000;
+        let (befores, guarded, settled) = tokio::join!(
+            async {
+                if updates.is_empty() {
+                    Ok(Vec::new())
+                } else {
+                    self.apply(&updates).await
+                }
+            },
+            async {
+                if guards.is_empty() {
+                    Ok(Vec::new())
+                } else {
+                    // Boxed: budget calls are the rare path, and their futures are deep.
+                    Box::pin(self.guard(snapshot, &guards, now.secs, now_ms)).await
+                }
+            },
+            async {
+                if usage.is_empty() {
+                    Ok(())
+                } else {
+                    Box::pin(self.settle(snapshot, request.domain, usage, now.secs, now_ms))
+                        .await
+                }
+            },
+        );
+        let befores = befores?;
+        let guarded = guarded?;
+        settled?;
+        let mut standing: Option<budget::Standing> = None;
 
         // The first refused descriptor's explanation becomes the raw body.
         let mut explanation: Option<(String, bool)> = None;
@@ -318,7 +406,7 @@ impl Limiter {
                 if let Some(refusal) = applied.refusal() {
                     explanation.get_or_insert_with(|| (refusal.body(), true));
                 }
-                match (charges.get(i), quota_plans.get(i)) {
+                let status = match (charges.get(i), quota_plans.get(i)) {
                     (Some(c), Some(plans)) if !c.limits.is_empty() => {
                         let hits = hits_of(request, descriptor);
                         let (status, refused) = judge_quota(status, hits, c, plans, &befores, now);
@@ -328,11 +416,36 @@ impl Limiter {
                         status
                     }
                     _ => status,
+                };
+                match guarded.iter().find(|(index, _)| *index == i) {
+                    Some((_, Guarded::Refused { name, limit, body })) if status.code == Code::Ok => {
+                        explanation.get_or_insert_with(|| (body.clone(), true));
+                        Status {
+                            code: Code::OverLimit,
+                            current_limit: Some(CurrentLimit {
+                                requests_per_unit: u32::try_from(*limit).unwrap_or(u32::MAX),
+                                unit: None,
+                                name: Some(name.clone()),
+                            }),
+                            limit_remaining: 0,
+                            duration_until_reset: None,
+                        }
+                    }
+                    Some((_, Guarded::Within(Some(s)))) => {
+                        if standing.as_ref().is_none_or(|t| s.tighter_than(t)) {
+                            standing = Some(s.clone());
+                        }
+                        status
+                    }
+                    _ => status,
                 }
             })
             .collect();
         let nodes: Vec<Option<&Node>> = applied.iter().map(Applied::node).collect();
         let mut decision = self.finish(request, &nodes, statuses);
+        if let Some(s) = standing {
+            decision.response_headers.extend(s.headers());
+        }
         if decision.overall_code == Code::OverLimit
             && let Some((body, json)) = explanation
         {

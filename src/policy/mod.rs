@@ -23,6 +23,7 @@ use arc_swap::ArcSwap;
 
 pub use self::loader::{PolicyLoader, start};
 use crate::ledger::budgets::{Budget, Enforcement, Measure, Period, Scope};
+use crate::ledger::prices::{Price, PriceFilter};
 use crate::ledger::tenants::{Plan, Tenant, TenantStatus};
 use crate::ledger::{Ledger, LedgerError};
 use crate::money::Currency;
@@ -41,6 +42,8 @@ pub struct PolicySources {
     pub tenants: Vec<Tenant>,
     /// Every live budget, global ones included.
     pub budgets: Vec<Budget>,
+    /// Every price version.
+    pub prices: Vec<Price>,
 }
 
 impl PolicySources {
@@ -49,6 +52,12 @@ impl PolicySources {
         Ok(PolicySources {
             tenants: ledger.all_tenants().await?,
             budgets: ledger.all_budgets().await?,
+            prices: ledger
+                .prices(&PriceFilter {
+                    limit: i64::MAX,
+                    ..PriceFilter::default()
+                })
+                .await?,
         })
     }
 }
@@ -59,6 +68,10 @@ pub struct Policy {
     tenants: HashMap<String, TenantPolicy>,
     /// Live budgets of the global scope, by name.
     global_budgets: Box<[BudgetPolicy]>,
+    /// The global budgets that measure tokens or cost (settled usage).
+    global_spend: Box<[BudgetPolicy]>,
+    /// Price versions by model, token type and currency, oldest first.
+    prices: PriceBook,
     /// Counts the snapshots a loader has swapped in (0: never loaded).
     generation: u64,
 }
@@ -88,6 +101,55 @@ pub struct TenantPolicy {
     plan_limits: Box<[QuotaLimit]>,
     /// `session_requests` as counted limits of a tenant + session descriptor.
     session_limits: Box<[QuotaLimit]>,
+    /// Budgets measuring tokens or cost (charged with settled usage), of every scope.
+    spend: Box<[BudgetPolicy]>,
+}
+
+/// Price versions, looked up by model, token type and currency at a time.
+#[derive(Debug, Default)]
+pub struct PriceBook {
+    /// `(micros per million, effective from)` by `(model, token type, currency)`, by time.
+    versions: HashMap<(String, String, String), Vec<(i64, i64)>>,
+}
+
+impl PriceBook {
+    fn compile(prices: Vec<Price>) -> PriceBook {
+        let mut versions: HashMap<(String, String, String), Vec<(i64, i64)>> = HashMap::new();
+        for p in prices {
+            versions
+                .entry((p.model, p.token_type, p.currency))
+                .or_default()
+                .push((p.micros_per_million, p.effective_from));
+        }
+        for list in versions.values_mut() {
+            list.sort_by_key(|&(_, from)| from);
+        }
+        PriceBook { versions }
+    }
+
+    /// The price in force at `at_ms` (micro-units per million tokens), if any: the latest
+    /// version effective at or before it, as the ledger's `price_at` answers.
+    pub fn at(&self, model: &str, token_type: &str, currency: &str, at_ms: i64) -> Option<i64> {
+        // A borrowed key would need a custom Borrow impl; the copy is off the hot path
+        // (settlements only).
+        let list = self.versions.get(&(
+            model.to_owned(),
+            token_type.to_owned(),
+            currency.to_owned(),
+        ))?;
+        let in_force = list.partition_point(|&(_, from)| from <= at_ms);
+        in_force.checked_sub(1).map(|i| list[i].0)
+    }
+
+    /// The highest price of any token type of `model` at `at_ms`: prices an estimate that
+    /// does not say which tokens it will be, as an upper bound.
+    pub fn highest_at(&self, model: &str, currency: &str, at_ms: i64) -> Option<i64> {
+        self.versions
+            .iter()
+            .filter(|((m, _, c), _)| m == model && c == currency)
+            .filter_map(|((m, t, c), _)| self.at(m, t, c, at_ms))
+            .max()
+    }
 }
 
 /// `current_limit.name` of a plan request limit of `window_seconds`: `plan-requests-60s`.
@@ -148,6 +210,8 @@ pub struct BudgetPolicy {
     /// Hard budgets refuse once spent; soft ones only count.
     pub hard: bool,
     pub alert_thresholds: Box<[u32]>,
+    /// A cost budget's currency.
+    pub currency: Option<String>,
 }
 
 impl BudgetPolicy {
@@ -163,7 +227,13 @@ impl BudgetPolicy {
             period: budget.period,
             hard: budget.enforcement == Enforcement::Hard,
             alert_thresholds: budget.alert_thresholds.into_boxed_slice(),
+            currency: budget.currency,
         }
+    }
+
+    /// Whether settled usage charges it (it measures tokens or cost).
+    pub fn measures_spend(&self) -> bool {
+        matches!(self.measure, Measure::Tokens | Measure::Cost)
     }
 }
 
@@ -209,6 +279,11 @@ impl TenantPolicy {
     pub fn session_limits(&self) -> &[QuotaLimit] {
         &self.session_limits
     }
+
+    /// The budgets settled usage charges (tokens or cost), of every scope.
+    pub fn spend_budgets(&self) -> &[BudgetPolicy] {
+        &self.spend
+    }
 }
 
 impl Policy {
@@ -231,6 +306,11 @@ impl Policy {
             }
         }
         global.sort_by(|a, b| a.name.cmp(&b.name));
+        let global_spend = global
+            .iter()
+            .filter(|b| b.measures_spend())
+            .cloned()
+            .collect();
         let mut tenants = HashMap::with_capacity(sources.tenants.len());
         for tenant in sources.tenants {
             let budgets = by_tenant.remove(&tenant.id).unwrap_or_default();
@@ -246,6 +326,8 @@ impl Policy {
         Policy {
             tenants,
             global_budgets: global.into_boxed_slice(),
+            global_spend,
+            prices: PriceBook::compile(sources.prices),
             generation,
         }
     }
@@ -253,6 +335,16 @@ impl Policy {
     /// The live global budgets, by name.
     pub fn global_budgets(&self) -> &[BudgetPolicy] {
         &self.global_budgets
+    }
+
+    /// The global budgets settled usage charges (tokens or cost).
+    pub fn global_spend_budgets(&self) -> &[BudgetPolicy] {
+        &self.global_spend
+    }
+
+    /// The price book.
+    pub fn prices(&self) -> &PriceBook {
+        &self.prices
     }
 
     /// The tenant with slug `id`. A hash lookup: no lock, no allocation.
@@ -298,6 +390,7 @@ impl TenantPolicy {
                 .collect()
         };
         let session_requests = of(Scope::Session, Measure::Requests);
+        let spend = budgets.iter().filter(|b| b.measures_spend()).cloned().collect();
         let tenant_requests = of(Scope::Tenant, Measure::Requests);
         let plan_limits = tenant
             .plan
@@ -353,6 +446,7 @@ impl TenantPolicy {
             tenant_requests,
             plan_limits,
             session_limits,
+            spend,
         })
     }
 }
@@ -382,7 +476,7 @@ pub(crate) mod tests {
         Policy::compile(
             PolicySources {
                 tenants,
-                budgets: Vec::new(),
+                ..PolicySources::default()
             },
             1,
         )
@@ -422,7 +516,14 @@ pub(crate) mod tests {
 
     /// A snapshot of `tenants` and `budgets`.
     pub(crate) fn policy_with(tenants: Vec<Tenant>, budgets: Vec<Budget>) -> Policy {
-        Policy::compile(PolicySources { tenants, budgets }, 1)
+        Policy::compile(
+            PolicySources {
+                tenants,
+                budgets,
+                ..PolicySources::default()
+            },
+            1,
+        )
     }
 
     #[test]

@@ -10,9 +10,10 @@
 //! Every call, in order:
 //! 1. releases reservations whose deadline has passed (up to [`SWEEP_MAX`]): their amounts
 //!    leave the reserved counters and they are counted in [`BudgetReply::expired`];
-//! 2. for [`BudgetOp::Rebuild`]: if the marker exists, does nothing (another replica
-//!    rebuilt first); else sets each line's used counter to its amount, clears its
-//!    reserved counter and sets the marker. Done.
+//! 2. for [`BudgetOp::Rebuild`]: if the marker (`markers[0]`) exists, does nothing
+//!    (another replica rebuilt first); else sets each line's used counter to its amount
+//!    (living `ttl_secs`), clears its reserved counter and sets the marker, living as long
+//!    as the longest line (a marker names one budget period, so it goes with it). Done.
 //! 3. if any of `markers` is missing, answers [`BudgetOutcome::Unbuilt`] and changes
 //!    nothing: the counters were lost (a Redis flush or restart) and must be rebuilt from
 //!    the ledger before anything is decided on them;

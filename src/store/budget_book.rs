@@ -5,7 +5,7 @@
 //! included. The outbox is a [`FileOutbox`] when the store has one (the service always
 //! does), else a queue in memory (tests of the counting alone).
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use super::StoreError;
 use super::budget::{BudgetCall, BudgetLine, BudgetOp, BudgetOutcome, BudgetReply, OutboxEntry};
@@ -38,7 +38,8 @@ pub enum Outbox {
 #[derive(Debug)]
 pub struct BudgetBook {
     counts: HashMap<String, Count>,
-    markers: HashSet<String>,
+    /// Markers and when they expire (ms).
+    markers: HashMap<String, u64>,
     /// Settled request ids and when they are forgotten (ms).
     settled: HashMap<String, u64>,
     reservations: HashMap<String, Reservation>,
@@ -50,7 +51,7 @@ impl BudgetBook {
     pub fn new(outbox: Outbox) -> BudgetBook {
         BudgetBook {
             counts: HashMap::new(),
-            markers: HashSet::new(),
+            markers: HashMap::new(),
             settled: HashMap::new(),
             reservations: HashMap::new(),
             deadlines: BTreeSet::new(),
@@ -86,7 +87,10 @@ impl BudgetBook {
             let Some(marker) = call.markers.first() else {
                 return Ok(BudgetOutcome::Done);
             };
-            if self.markers.insert(marker.clone()) {
+            if !self.has_marker(marker, now) {
+                let ttl = call.lines.iter().map(|l| l.ttl_secs).max().unwrap_or(1);
+                self.markers
+                    .insert(marker.clone(), now.saturating_add(ttl.max(1) * 1000));
                 for line in &call.lines {
                     self.set(&line.used_key, line.amount, line.ttl_secs, now);
                     self.counts.remove(&line.reserved_key);
@@ -94,7 +98,7 @@ impl BudgetBook {
             }
             return Ok(BudgetOutcome::Done);
         }
-        if let Some(marker) = call.markers.iter().position(|m| !self.markers.contains(m)) {
+        if let Some(marker) = call.markers.iter().position(|m| !self.has_marker(m, now)) {
             return Ok(BudgetOutcome::Unbuilt { marker });
         }
         match &call.op {
@@ -204,6 +208,10 @@ impl BudgetBook {
                 Ok(())
             }
         }
+    }
+
+    fn has_marker(&self, marker: &str, now: u64) -> bool {
+        self.markers.get(marker).is_some_and(|&until| until > now)
     }
 
     fn is_settled(&mut self, request_id: &str, now: u64) -> bool {

@@ -10,6 +10,7 @@ pub mod keys;
 pub mod memory;
 pub mod outbox;
 pub mod redis;
+mod redis_budget;
 
 use std::future::Future;
 

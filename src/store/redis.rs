@@ -85,7 +85,7 @@ use redis::cluster::{ClusterClientBuilder, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{
-    AsyncConnectionConfig, Client, ClientTlsConfig, ConnectionAddr, ConnectionInfo,
+    AsyncConnectionConfig, Client, ClientTlsConfig, ConnectionAddr, ConnectionInfo, FromRedisValue,
     IntoConnectionInfo, RedisConnectionInfo, RedisError, RedisResult, Script, ScriptInvocation,
     TlsCertificates, TlsMode,
 };
@@ -95,6 +95,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::budget::{BudgetCall, BudgetReply, OutboxEntry};
+use super::redis_budget::{self, OutboxReader};
 use super::{CounterKind, CounterStore, CounterUpdate, StoreError, keys};
 
 /// Script calls outstanding at once; requests arriving meanwhile share the next call.
@@ -228,6 +229,9 @@ pub struct RedisOptions {
     pub deadline: Duration,
     /// Bound on one connection attempt, on the first contact at startup and on each probe.
     pub connect_timeout: Duration,
+    /// The deployment's key prefix: the usage outbox the store reads is the one under
+    /// [`super::budget::namespace`] of it.
+    pub key_prefix: String,
     /// Username for the sentinels themselves (Sentinel only).
     pub sentinel_username: Option<String>,
     /// Password for the sentinels themselves (Sentinel only).
@@ -250,6 +254,7 @@ impl RedisOptions {
             url: url.into(),
             deadline,
             connect_timeout: Duration::from_secs(1),
+            key_prefix: String::new(),
             sentinel_username: None,
             sentinel_password: None,
             tls_ca_file: None,
@@ -435,6 +440,7 @@ impl fmt::Debug for RedisOptions {
             .field("url", &url)
             .field("deadline", &self.deadline)
             .field("connect_timeout", &self.connect_timeout)
+            .field("key_prefix", &self.key_prefix)
             .field("sentinel_username", &self.sentinel_username)
             .field(
                 "sentinel_password",
@@ -784,6 +790,8 @@ pub struct RedisStore {
     jobs: mpsc::UnboundedSender<Job>,
     /// Stops the background probe when the last clone is dropped.
     _probe: Arc<AbortOnDrop>,
+    /// Where budget settlements' usage events wait for the ledger writer.
+    outbox: Arc<OutboxReader>,
 }
 
 struct Inner {
@@ -847,6 +855,7 @@ impl RedisStore {
         };
         let certs = tls_for(&target, &options).map_err(|e| invalid(&e))?;
         let backend = build_backend(&target, &options, certs).map_err(|e| invalid(&e))?;
+        let outbox = Arc::new(OutboxReader::new(&options.key_prefix));
         let inner = Arc::new(Inner {
             backend,
             deadline: options.deadline,
@@ -869,7 +878,24 @@ impl RedisStore {
             inner,
             jobs,
             _probe: Arc::new(AbortOnDrop(probe.abort_handle())),
+            outbox,
         })
+    }
+
+    /// Runs one script call whose keys share one hash slot (so Cluster routes it whole),
+    /// bounded by the deadline; records health like the counter calls.
+    pub(super) async fn invoke<T: FromRedisValue>(
+        &self,
+        call: &ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        let inner = &self.inner;
+        let result = match tokio::time::timeout(inner.deadline, inner.backend.invoke(call)).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(err)) => Err(StoreError::Unavailable(err.to_string())),
+            Err(_) => Err(StoreError::Timeout(inner.deadline)),
+        };
+        inner.healthy.store(result.is_ok(), Ordering::Relaxed);
+        result
     }
 
     /// The target with its password hidden, for logs and the config dump.
@@ -904,18 +930,15 @@ impl CounterStore for RedisStore {
     }
 
     async fn budget(&self, call: &BudgetCall) -> Result<BudgetReply, StoreError> {
-        let _ = call;
-        Err(StoreError::Unavailable("budget calls on Redis: in progress".into()))
+        redis_budget::budget(self, call).await
     }
 
     async fn outbox_pending(&self, max: usize) -> Result<Vec<OutboxEntry>, StoreError> {
-        let _ = max;
-        Err(StoreError::Unavailable("budget calls on Redis: in progress".into()))
+        self.outbox.pending(self, max).await
     }
 
     async fn outbox_ack(&self, ids: &[String]) -> Result<(), StoreError> {
-        let _ = ids;
-        Err(StoreError::Unavailable("budget calls on Redis: in progress".into()))
+        self.outbox.ack(self, ids).await
     }
 
     fn is_healthy(&self) -> bool {
@@ -1239,6 +1262,20 @@ impl Backend {
                 result
             }
             Backend::Cluster(conn) => apply_cluster(conn, updates).await,
+        }
+    }
+
+    /// Runs one script call on the node its first key belongs to.
+    async fn invoke<T: FromRedisValue>(&self, call: &ScriptInvocation<'_>) -> RedisResult<T> {
+        match self {
+            Backend::Node(node) => call.invoke_async(&mut node.manager()).await,
+            Backend::Sentinel(link) => {
+                let (generation, mut conn) = link.connection().await?;
+                let result = call.invoke_async(&mut conn).await;
+                link.check(generation, &result);
+                result
+            }
+            Backend::Cluster(conn) => call.invoke_async(&mut conn.clone()).await,
         }
     }
 

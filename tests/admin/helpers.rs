@@ -152,6 +152,8 @@ pub async fn spawn_on(
         shutdown_grace_secs: 1,
         database_url: database.url.clone(),
         bootstrap_token: Some(ADMIN.into()),
+        // The app's own usage outbox (only `.yaml` files in the directory are rules).
+        outbox_path: rules.path().join("outbox.jsonl"),
         ..Settings::default()
     };
     tweak(&mut settings);
