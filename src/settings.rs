@@ -325,6 +325,8 @@ impl Settings {
         options.tls_ca_file = self.redis_tls_ca_file.clone();
         options.tls_client_cert_file = self.redis_tls_client_cert_file.clone();
         options.tls_client_key_file = self.redis_tls_client_key_file.clone();
+        // The store reads its usage outbox under the same prefix the limiter writes.
+        options.key_prefix = self.key_prefix.clone();
         options
     }
 

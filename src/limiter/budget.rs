@@ -132,51 +132,79 @@ pub fn plan<'p>(
         .filter(|(b, _)| scopes.covers(b) && (b.hard || !hard_only))
         .filter_map(|(budget, tz)| {
             let amount = amount(budget)?;
-            let per_session =
-                budget.scope == Scope::Session || matches!(budget.period, Period::Session(_));
-            let session = if per_session {
+            let session = if counts_per_session(budget) {
                 Some(scopes.session?)
             } else {
                 None
             };
-            let window = match budget.period {
-                Period::Window { window_seconds } => {
-                    Some(Window::containing(now_secs, window_seconds))
-                }
-                Period::Calendar { calendar } => {
-                    Some(Window::calendar(now_secs, calendar_unit(calendar), tz))
-                }
-                Period::Session(_) => None,
-            };
-            let mut id = budget.id.clone();
-            if let Some(session) = session {
-                id.push_str(":s:");
-                id.push_str(session);
-            }
-            if let Some(w) = &window {
-                id.push(':');
-                id.push_str(&w.start.to_string());
-            }
-            let (ttl_secs, idle) = match &window {
-                Some(w) => (w.until_reset + PERIOD_GRACE_SECS, false),
-                None => (session_idle_secs.max(1), true),
-            };
-            Some(Planned {
+            Some(plan_budget(
+                &ns,
                 budget,
                 tenant,
-                marker: window.map(|_| format!("{ns}m:{id}")),
-                window,
-                line: BudgetLine {
-                    used_key: format!("{ns}u:{id}"),
-                    reserved_key: format!("{ns}r:{id}"),
-                    ttl_secs,
-                    idle,
-                    limit: budget.hard.then_some(budget.limit),
-                    amount,
-                },
-            })
+                tz,
+                session,
+                now_secs,
+                session_idle_secs,
+                amount,
+            ))
         })
         .collect()
+}
+
+/// Whether `budget` counts each session apart (a session budget, or a session-long period).
+pub fn counts_per_session(budget: &BudgetPolicy) -> bool {
+    budget.scope == Scope::Session || matches!(budget.period, Period::Session(_))
+}
+
+/// Lays out one budget's counter for the period containing `now_secs` under namespace
+/// `ns` (from [`namespace`]): in `tz` (the tenant's; UTC for a global budget), of
+/// `session` for a budget counted per session. The one place budget keys are built, for
+/// the limiter and for reconciling the counters with the ledger (`crate::ledger::drift`).
+#[allow(clippy::too_many_arguments)]
+pub fn plan_budget<'p>(
+    ns: &str,
+    budget: &'p BudgetPolicy,
+    tenant: &'p TenantPolicy,
+    tz: &jiff::tz::TimeZone,
+    session: Option<&str>,
+    now_secs: u64,
+    session_idle_secs: u64,
+    amount: u64,
+) -> Planned<'p> {
+    let window = match budget.period {
+        Period::Window { window_seconds } => Some(Window::containing(now_secs, window_seconds)),
+        Period::Calendar { calendar } => {
+            Some(Window::calendar(now_secs, calendar_unit(calendar), tz))
+        }
+        Period::Session(_) => None,
+    };
+    let mut id = budget.id.clone();
+    if let Some(session) = session {
+        id.push_str(":s:");
+        id.push_str(session);
+    }
+    if let Some(w) = &window {
+        id.push(':');
+        id.push_str(&w.start.to_string());
+    }
+    let (ttl_secs, idle) = match &window {
+        Some(w) => (w.until_reset + PERIOD_GRACE_SECS, false),
+        None => (session_idle_secs.max(1), true),
+    };
+    Planned {
+        budget,
+        tenant,
+        marker: window.map(|_| format!("{ns}m:{id}")),
+        window,
+        line: BudgetLine {
+            used_key: format!("{ns}u:{id}"),
+            reserved_key: format!("{ns}r:{id}"),
+            ttl_secs,
+            idle,
+            limit: budget.hard.then_some(budget.limit),
+            amount,
+        },
+    }
 }
 
 fn calendar_unit(unit: CalendarUnit) -> Unit {
@@ -877,7 +905,7 @@ mod tests {
     use crate::telemetry::Metrics;
 
     const RULES: &str = "domain: ai-gateway\nquota: {}\ndescriptors: []\n";
-    /// 2026-11-20T12:00:00Z, a Friday in November (Berlin is UTC+1).
+    /// 2026-11-21T12:00:00Z (Berlin is UTC+1 in November).
     const NOW: u64 = 1_795_262_400;
 
     fn price(token_type: &str, per_million: i64, from: i64) -> Price {

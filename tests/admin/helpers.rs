@@ -293,11 +293,22 @@ impl AdminApp {
 
     /// Calls `ShouldRateLimit` in [`DOMAIN`] with one descriptor per entry list.
     pub async fn decide(&self, descriptors: &[&[(&str, &str)]]) -> RateLimitResponse {
+        let plain: Vec<(&[(&str, &str)], Option<u64>)> =
+            descriptors.iter().map(|entries| (*entries, None)).collect();
+        self.decide_with(&plain).await
+    }
+
+    /// Calls `ShouldRateLimit` in [`DOMAIN`] with one descriptor per entry list, each with
+    /// its own `hits_addend` when given (0 checks only; usage carries its token count).
+    pub async fn decide_with(
+        &self,
+        descriptors: &[(&[(&str, &str)], Option<u64>)],
+    ) -> RateLimitResponse {
         let request = RateLimitRequest {
             domain: DOMAIN.into(),
             descriptors: descriptors
                 .iter()
-                .map(|entries| RateLimitDescriptor {
+                .map(|(entries, addend)| RateLimitDescriptor {
                     entries: entries
                         .iter()
                         .map(|(k, v)| Entry {
@@ -305,6 +316,7 @@ impl AdminApp {
                             value: (*v).into(),
                         })
                         .collect(),
+                    hits_addend: addend.map(|value| envoy_types::pb::google::protobuf::UInt64Value { value }),
                     ..RateLimitDescriptor::default()
                 })
                 .collect(),

@@ -3,11 +3,13 @@
 mod approval_flow;
 mod approvals;
 mod authorization;
+mod budget_flow;
 mod budgets;
 mod helpers;
 mod ledger_writer;
 mod prices;
 mod private_postgres;
+mod private_redis;
 mod propagation;
 mod quota_requests;
 mod reports;
