@@ -165,7 +165,7 @@ start_server() {
         [ "$label" = redis ] && store=$REDIS_URL
         TOLLGATE_GRPC_ADDR=127.0.0.1:$grpc TOLLGATE_HTTP_ADDR=127.0.0.1:$http \
           TOLLGATE_RULES_DIR=$rules TOLLGATE_WATCH_RULES=false TOLLGATE_STORE=$store \
-          TOLLGATE_KEY_PREFIX=$KEY_PREFIX TOLLGATE_DATABASE_URL="sqlite://$RUN_DIR/ledger-$label.db" \
+          TOLLGATE_KEY_PREFIX=$KEY_PREFIX TOLLGATE_DATABASE_URL="sqlite://$RUN_DIR/ledger-$label.db" TOLLGATE_OUTBOX_PATH="$RUN_DIR/outbox-$label.jsonl" \
           RUST_LOG=${RUST_LOG:-warn} \
           "${PIN_SERVER[@]}" "$BIN/tollgate" serve >>"$logfile" 2>&1 &
         ;;

@@ -61,6 +61,7 @@ async fn envoy_enforces_tollgate_limits_and_adds_rate_limit_headers() {
         watch_rules: false,
         // The ledger is not under test here; keep it out of the working directory.
         database_url: format!("sqlite://{}/.ledger.db", rules.path().display()),
+        outbox_path: rules.path().join(".outbox.jsonl"),
         store_deadline_ms: 1000,
         ..Settings::default()
     };
@@ -135,6 +136,7 @@ async fn envoy_fails_closed_with_500_when_the_store_is_unreachable() {
         watch_rules: false,
         // The ledger is not under test here; keep it out of the working directory.
         database_url: format!("sqlite://{}/.ledger.db", rules.path().display()),
+        outbox_path: rules.path().join(".outbox.jsonl"),
         store: format!("redis://{}", closed_port()),
         store_deadline_ms: deadline.as_millis() as u64,
         ..Settings::default()

@@ -850,6 +850,7 @@ impl RunningApp {
             store_deadline_ms: DEADLINE.as_millis() as u64,
             shutdown_grace_secs: 1,
             database_url: format!("sqlite://{}", data.path().join("ledger.db").display()),
+            outbox_path: data.path().join("outbox.jsonl"),
             ..Settings::default()
         };
         adjust(&mut settings);

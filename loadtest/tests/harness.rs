@@ -147,6 +147,7 @@ async fn tollgate_answers_every_token_budget_call_ok_under_the_generated_rules()
         store_deadline_ms: 2_000,
         shutdown_grace_secs: 1,
         database_url: format!("sqlite://{}", data.path().join("ledger.db").display()),
+        outbox_path: data.path().join("outbox.jsonl"),
         ..tollgate::settings::Settings::default()
     };
     let app = tollgate::app::App::build(settings).await.unwrap();

@@ -89,6 +89,7 @@ pub async fn spawn_with(files: &[(&str, &str)], tweak: impl FnOnce(&mut Settings
         store_deadline_ms: 2_000,
         shutdown_grace_secs: 1,
         database_url: format!("sqlite://{}", data.path().join("ledger.db").display()),
+        outbox_path: data.path().join("outbox.jsonl"),
         ..Settings::default()
     };
     tweak(&mut settings);
