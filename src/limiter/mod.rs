@@ -410,6 +410,9 @@ impl Limiter {
                     (Some(c), Some(plans)) if !c.limits.is_empty() => {
                         let hits = hits_of(request, descriptor);
                         let (status, refused) = judge_quota(status, hits, c, plans, &befores, now);
+                        if refused.is_some() {
+                            self.metrics.policy.refused_rate_limited.increment(1);
+                        }
                         if explanation.is_none() {
                             explanation = refused;
                         }

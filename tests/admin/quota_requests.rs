@@ -79,6 +79,8 @@ on_both_databases! {
                    "resets_at": "2026-11-22T01:01:00+01:00"})
         );
         assert!(refused.response_headers_to_add.iter().any(|h| h.key == "content-type" && h.value == "application/json"));
+        let metrics = reqwest::get(app.base.replace("/v1", "/metrics")).await.unwrap().text().await.unwrap();
+        assert!(metrics.contains(r#"tollgate_quota_refused{reason="rate_limited"} 1"#), "{metrics}");
         // The next minute starts again; the hourly limit kept counting.
         app.clock.advance(Duration::from_secs(30));
         assert!(ok(&app.decide(&[&[("tenant_id", "acme")]]).await));
