@@ -15,6 +15,7 @@ use tollgate::ledger::tenants::{self, TenantStatus};
 
 use crate::helpers::*;
 use crate::on_both_databases;
+use crate::private_postgres::PrivatePostgres;
 use crate::private_redis::PrivateRedis;
 
 const MODEL: &str = "claude-sonnet";
@@ -133,7 +134,8 @@ async fn ledger_usage(ledger: &Ledger) -> (i64, i64, i64) {
 
 /// Waits (with a deadline, no fixed sleep) until the ledger holds `events` usage events.
 async fn ledger_settles_at(ledger: &Ledger, events: i64) -> (i64, i64, i64) {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // Generous: after a database outage the writer retries with a backoff of up to 5 s.
+    let deadline = Instant::now() + Duration::from_secs(40);
     loop {
         let usage = ledger_usage(ledger).await;
         if usage.0 >= events || Instant::now() > deadline {
@@ -287,6 +289,42 @@ async fn a_redis_flush_mid_period_rebuilds_balances_from_the_ledger() {
     settle(&app, "before-0", 500, 500).await;
     let (events, tokens, _) = ledger_settles_at(&app.ledger, 10).await;
     assert_eq!((events, tokens), (10, 10_000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_continue_while_postgres_is_stopped_and_every_event_lands_once() {
+    let postgres = PrivatePostgres::start();
+    let unused = Arc::new(TestDb::create(Db::Sqlite).await);
+    let prefix = format!("tollgate-budget-test:{}:", uuid::Uuid::now_v7().simple());
+    let url = postgres.url();
+    let app = spawn_on(Db::Postgres, unused, move |s| {
+        s.database_url = url;
+        s.store = "redis://127.0.0.1:6379".into();
+        s.key_prefix = prefix;
+    })
+    .await;
+    llm_tenant(&app).await;
+    hourly_tokens(&app, 100_000).await;
+    for i in 0..5 {
+        assert!(ok(&guard(&app, None).await));
+        settle(&app, &format!("before-{i}"), 500, 500).await;
+    }
+    assert_eq!(ledger_settles_at(&app.ledger, 5).await.0, 5);
+
+    postgres.stop();
+    for i in 0..20 {
+        let answer = guard(&app, None).await;
+        assert!(ok(&answer), "request {i} with the ledger down: {answer:?}");
+        settle(&app, &format!("during-{i}"), 500, 500).await;
+    }
+    // A retry of a settlement made before the outage changes nothing.
+    settle(&app, "before-0", 500, 500).await;
+    assert_eq!(remaining(&guard(&app, None).await), 100_000 - 25 * 1_000);
+
+    postgres.restart();
+    let (events, tokens, cost) = ledger_settles_at(&app.ledger, 25).await;
+    assert_eq!((events, tokens), (25, 25_000), "every event exactly once");
+    assert_eq!(cost, 25 * (1_500 + 7_500));
 }
 
 on_both_databases! {
