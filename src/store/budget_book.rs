@@ -187,6 +187,14 @@ impl BudgetBook {
         }
     }
 
+    /// Drops expired counters, markers and settled request ids (reservations go with the
+    /// sweep of every call), so memory stays bounded by what is live.
+    pub fn forget_expired(&mut self, now: u64) {
+        self.counts.retain(|_, c| c.expires_at_ms > now);
+        self.markers.retain(|_, &mut until| until > now);
+        self.settled.retain(|_, &mut until| until > now);
+    }
+
     /// Drops the counters, markers and reservations (what a Redis flush does), keeping the
     /// outbox; for fault tests of the memory store.
     pub fn forget_counters(&mut self) {

@@ -82,10 +82,11 @@ impl MemoryStore {
         self.budgets.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Drops every expired counter.
+    /// Drops every expired counter, budget counter, marker and settled request id.
     pub fn sweep(&self) {
         let now = self.clock.now_secs();
         self.slots.retain(|_, slot| slot.expires_at > now);
+        self.book().forget_expired(self.clock.now_nanos() / 1_000_000);
     }
 
     /// Number of counters held, expired or not (for tests and the memory report).
@@ -100,16 +101,23 @@ impl MemoryStore {
 
     /// Sweeps every `every` until the store is dropped.
     pub fn spawn_sweeper(&self, every: Duration) -> tokio::task::JoinHandle<()> {
-        let slots = Arc::downgrade(&self.slots);
+        let (slots, budgets) = (Arc::downgrade(&self.slots), Arc::downgrade(&self.budgets));
         let clock = self.clock.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                let Some(slots) = slots.upgrade() else { return };
-                let now = clock.now_secs();
-                slots.retain(|_, slot| slot.expires_at > now);
+                // Holds the store only while sweeping, so dropping it ends the task.
+                let (Some(slots), Some(budgets)) = (slots.upgrade(), budgets.upgrade()) else {
+                    return;
+                };
+                let store = MemoryStore {
+                    slots,
+                    budgets,
+                    clock: clock.clone(),
+                };
+                store.sweep();
             }
         })
     }
