@@ -1199,6 +1199,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn each_threshold_alerts_once_per_period_when_a_settlement_crosses_it() {
+        let mut budget = tokens_budget("hourly", Scope::Tenant, 10_000);
+        budget.alert_thresholds = vec![50, 80, 100];
+        let mut f = fixture(vec![budget]);
+        let alerter =
+            crate::alerts::Alerter::new(Default::default(), f.limiter.metrics.clone()).unwrap();
+        f.limiter = f.limiter.with_alerter(alerter);
+        let alerts = |f: &Fixture, threshold: u32| {
+            let text = f.limiter.metrics.render();
+            let series =
+                format!(r#"tollgate_budget_alerts_total{{budget="b-hourly",threshold="{threshold}"}} "#);
+            text.lines()
+                .find_map(|l| l.strip_prefix(series.as_str()))
+                .map_or(0, |n| n.parse::<u64>().unwrap())
+        };
+        settle(&f.limiter, "r-1", "2000", "2000").await; // 4,000: none
+        assert_eq!(alerts(&f, 50), 0);
+        settle(&f.limiter, "r-2", "2000", "2000").await; // 8,000: 50 % and 80 % at once
+        assert_eq!((alerts(&f, 50), alerts(&f, 80), alerts(&f, 100)), (1, 1, 0));
+        settle(&f.limiter, "r-3", "500", "500").await; // 9,000: nothing new
+        settle(&f.limiter, "r-3", "5000", "5000").await; // a duplicate: not charged, no alert
+        assert_eq!((alerts(&f, 50), alerts(&f, 80), alerts(&f, 100)), (1, 1, 0));
+        settle(&f.limiter, "r-4", "500", "500").await; // 10,000: 100 %
+        settle(&f.limiter, "r-5", "500", "500").await; // past it: no second alert
+        assert_eq!((alerts(&f, 50), alerts(&f, 80), alerts(&f, 100)), (1, 1, 1));
+        // The next hour is a new period: its thresholds alert again.
+        f.clock.advance(Duration::from_secs(3600));
+        settle(&f.limiter, "r-6", "3000", "3000").await;
+        assert_eq!((alerts(&f, 50), alerts(&f, 80)), (2, 1));
+    }
+
+    #[tokio::test]
     async fn soft_budgets_count_but_never_refuse_and_unknown_tenants_are_not_charged() {
         let mut soft = tokens_budget("soft", Scope::Tenant, 100);
         soft.enforcement = Enforcement::Soft;
