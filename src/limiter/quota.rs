@@ -29,7 +29,8 @@
 //!
 //! Descriptors carrying the token type key are stream-done usage ([`Checked::Usage`]):
 //! never tenant-checked nor request-counted (a tenant suspended mid-stream is still
-//! charged); they pass OK until the usage and settlement work charges them.
+//! charged); [`super::budget`] settles them. Token and cost budgets guard admitted
+//! descriptors naming a model or a session, also in [`super::budget`].
 //!
 //! Extension point: a check that can refuse from the policy alone adds a [`Refusal`]
 //! variant here; one that needs counters adds a [`QuotaLimit`] in [`Admitted::charges`],
@@ -103,9 +104,8 @@ pub enum Checked<'a, 'p> {
     Admitted(Admitted<'a, 'p>),
     Refused(Refusal<'a>),
     /// Stream-done usage (it carries the token type key): no tenant check, no request
-    /// counting, so a tenant suspended mid-stream is still charged for what it used.
-    // TODO(usage/settlement): group these by request id into one usage event, charge the
-    // token and cost budgets and settle the reservation; until then they pass OK.
+    /// counting, so a tenant suspended mid-stream is still charged for what it used
+    /// (settled by [`super::budget`]).
     Usage(QuotaEntries<'a>),
 }
 
@@ -159,8 +159,7 @@ impl<'a, 'p> Admitted<'a, 'p> {
             && e.estimate.is_none();
         let (session, limits) = match (e.session, e.model) {
             _ if only_tenant => (None, self.tenant.plan_limits()),
-            // TODO(check-only budgets, reservations): the tenant+model descriptor's budget
-            // checks and the session's lifetime token budget.
+            // Token and cost budgets are guarded apart, in one budget step per call.
             (Some(session), None) => (Some(session), self.tenant.session_limits()),
             _ => (None, &[][..]),
         };
