@@ -1,8 +1,11 @@
 //! Token and money budgets on both calls of an LLM request.
 //!
+//! Which budgets: every budget measuring tokens or cost, and every request budget but a
+//! session's (those count requests as they arrive, in [`super::quota`]); a settled request
+//! counts as one request.
+//!
 //! **Request path.** A descriptor carrying the tenant and model keys (not the token type)
-//! is *guarded* by every hard budget measuring tokens or cost that its request falls
-//! under: the tenant's, the tenant's for that model, the global ones (for every model or
+//! is *guarded* by every hard budget of those that its request falls under: the tenant's, the tenant's for that model, the global ones (for every model or
 //! that one), and, when it also carries the session key, the session's. A descriptor
 //! carrying the tenant and session keys but no model is guarded by the session's budgets
 //! only. Without a reservation the guard is check-only: a budget whose settled usage plus
@@ -235,7 +238,7 @@ pub fn estimate_amount(
             let price = policy.prices().highest_at(model?, currency, now_ms)?;
             u64::try_from(crate::money::cost_micros(tokens, price)).ok()
         }
-        Measure::Requests => None,
+        Measure::Requests => Some(1),
     }
 }
 
@@ -338,7 +341,8 @@ pub fn charge_amount(budget: &BudgetPolicy, event: &UsageEvent) -> Option<u64> {
             }
             u64::try_from(event.cost_micros()).ok()
         }
-        Measure::Requests => None,
+        // One usage event is one request.
+        Measure::Requests => Some(1),
     }
 }
 
@@ -1196,6 +1200,27 @@ mod tests {
         assert_eq!(header(&after, BUDGET_REMAINING_HEADER), Some("10000"));
         let text = f.limiter.metrics.render();
         assert!(text.contains("tollgate_budget_periods_rebuilt_total 2"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_tenant_request_budget_counts_settled_requests() {
+        let daily = budget(
+            Some("acme"),
+            "daily-requests",
+            Scope::Tenant,
+            Measure::Requests,
+            Period::Calendar {
+                calendar: CalendarUnit::Day,
+            },
+            2,
+        );
+        let f = fixture(vec![daily]);
+        settle(&f.limiter, "r-1", "10", "10").await;
+        assert_eq!(header(&check(&f.limiter).await, BUDGET_REMAINING_HEADER), Some("1"));
+        settle(&f.limiter, "r-2", "10", "10").await;
+        let refused = check(&f.limiter).await;
+        assert_eq!(refused.overall_code, Code::OverLimit);
+        assert!(refused.raw_body.unwrap().contains(r#""budget":"daily-requests","remaining":"0""#));
     }
 
     #[tokio::test]

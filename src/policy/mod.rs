@@ -95,13 +95,11 @@ pub struct TenantPolicy {
     budgets: Box<[BudgetPolicy]>,
     /// Budgets of scope `session` measuring requests: each session's request limits.
     session_requests: Box<[BudgetPolicy]>,
-    /// Budgets of scope `tenant` measuring requests.
-    tenant_requests: Box<[BudgetPolicy]>,
     /// `plan.requests` as counted limits of a tenant-only descriptor.
     plan_limits: Box<[QuotaLimit]>,
     /// `session_requests` as counted limits of a tenant + session descriptor.
     session_limits: Box<[QuotaLimit]>,
-    /// Budgets measuring tokens or cost (charged with settled usage), of every scope.
+    /// Budgets charged with settled usage (see [`BudgetPolicy::measures_spend`]).
     spend: Box<[BudgetPolicy]>,
 }
 
@@ -231,9 +229,14 @@ impl BudgetPolicy {
         }
     }
 
-    /// Whether settled usage charges it (it measures tokens or cost).
+    /// Whether settled usage charges it: token and cost budgets, and request budgets other
+    /// than a session's (those count each request as it arrives, so that the MCP session
+    /// quota refuses the call itself). A settled request counts as one request.
     pub fn measures_spend(&self) -> bool {
-        matches!(self.measure, Measure::Tokens | Measure::Cost)
+        match self.measure {
+            Measure::Tokens | Measure::Cost => true,
+            Measure::Requests => self.scope != Scope::Session,
+        }
     }
 }
 
@@ -263,11 +266,6 @@ impl TenantPolicy {
     /// The session-scope request budgets: the limits of each of the tenant's sessions.
     pub fn session_request_budgets(&self) -> &[BudgetPolicy] {
         &self.session_requests
-    }
-
-    /// The tenant-scope request budgets.
-    pub fn tenant_request_budgets(&self) -> &[BudgetPolicy] {
-        &self.tenant_requests
     }
 
     /// The plan request limits, as counted limits.
@@ -352,6 +350,11 @@ impl Policy {
         self.tenants.get(id)
     }
 
+    /// Every tenant of the snapshot, in no particular order.
+    pub fn tenants(&self) -> impl Iterator<Item = &TenantPolicy> {
+        self.tenants.values()
+    }
+
     /// How many tenants the snapshot holds.
     pub fn tenant_count(&self) -> usize {
         self.tenants.len()
@@ -391,7 +394,6 @@ impl TenantPolicy {
         };
         let session_requests = of(Scope::Session, Measure::Requests);
         let spend = budgets.iter().filter(|b| b.measures_spend()).cloned().collect();
-        let tenant_requests = of(Scope::Tenant, Measure::Requests);
         let plan_limits = tenant
             .plan
             .requests
@@ -443,7 +445,6 @@ impl TenantPolicy {
             models: models.into_boxed_slice(),
             budgets: budgets.into_boxed_slice(),
             session_requests,
-            tenant_requests,
             plan_limits,
             session_limits,
             spend,
@@ -624,7 +625,12 @@ pub(crate) mod tests {
             names(acme.session_request_budgets()),
             ["per-session", "session-rpm"]
         );
-        assert_eq!(names(acme.tenant_request_budgets()), ["tenant-daily"]);
+        // Tenant request budgets and token budgets are settled with usage; session request
+        // budgets count on the request path.
+        assert_eq!(
+            names(acme.spend_budgets()),
+            ["session-tokens", "tenant-daily"]
+        );
         let per_session = &acme.session_request_budgets()[0];
         assert_eq!(
             (per_session.limit, per_session.hard, per_session.period),
