@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -25,11 +25,12 @@ use crate::edge::grpc::RateLimitGrpc;
 use crate::edge::health::Health;
 use crate::edge::http::{self, HttpState};
 use crate::ledger::Ledger;
-use crate::ledger::tokens::{NewToken, Role};
 use crate::ledger::balances::LedgerBalances;
+use crate::ledger::drift::Counters;
+use crate::ledger::tokens::{NewToken, Role};
 use crate::ledger::writer::LedgerWriter;
 use crate::limiter::Limiter;
-use crate::policy::{self, PolicyLoader};
+use crate::policy::{self, Policy, PolicyLoader, PolicySources};
 use crate::rules::watch::{self, CurrentRules, RulesWatcher};
 use crate::settings::{Settings, redact_url};
 use crate::store::{MemoryStore, RedisStore, Store};
@@ -105,10 +106,7 @@ impl App {
             background.push(store.spawn_sweeper(SWEEP_EVERY));
             Store::Memory(store)
         } else {
-            let store = RedisStore::connect_with(settings.redis_options())
-                .await
-                .with_context(|| format!("cannot use store {}", redact_url(&settings.store)))?;
-            Store::Redis(store)
+            connect_redis(&settings).await?
         };
         tracing::info!(store = %redact_url(&settings.store), "counter store ready");
 
@@ -215,8 +213,9 @@ impl App {
         // early return too.
         let writer_stop = CancellationToken::new();
         let _writer_stop_on_return = writer_stop.clone().drop_guard();
-        let mut writer =
-            ledger_writer.spawn(settings.ledger_writer_interval(), writer_stop.clone());
+        let mut writer = ledger_writer
+            .clone()
+            .spawn(settings.ledger_writer_interval(), writer_stop.clone());
 
         let stop = CancellationToken::new();
         let grpc = tonic::transport::Server::builder()
@@ -230,12 +229,22 @@ impl App {
                 TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
                 stop.clone().cancelled_owned(),
             );
+        // The drift report reads the counters exactly as the limiter keys them.
+        let counters = Counters {
+            store: limiter.store().clone(),
+            policy: limiter.policy().clone(),
+            writer: ledger_writer.clone(),
+            key_prefix: settings.limiter_options().key_prefix,
+        };
         let router = http::router(HttpState {
             limiter,
             health: health.clone(),
             metrics,
         })
-        .merge(admin::router(AdminState { ledger }));
+        .merge(admin::router(AdminState {
+            ledger,
+            counters: Some(counters),
+        }));
         let http = axum::serve(http_listener, router)
             .with_graceful_shutdown(stop.clone().cancelled_owned());
         let mut grpc = tokio::spawn(grpc);
@@ -275,6 +284,49 @@ impl App {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Connects the Redis store that `settings.store` names.
+async fn connect_redis(settings: &Settings) -> anyhow::Result<Store> {
+    let store = RedisStore::connect_with(settings.redis_options())
+        .await
+        .with_context(|| format!("cannot use store {}", redact_url(&settings.store)))?;
+    Ok(Store::Redis(store))
+}
+
+/// The ledger and the budget counters from the same settings as `serve`, for `tollgate
+/// reconcile`: no listeners, no background tasks, the policy read once.
+///
+/// The memory store lives inside the serving process, so another process cannot read its
+/// counters: with it, this opens an empty store (every counter reads 0) and leaves the
+/// service's outbox file alone (its owner drains it). Redis is shared: its outbox is
+/// drained here as by any replica (the ledger records each event once).
+pub async fn open_reconciler(
+    settings: &Settings,
+    clock: SharedClock,
+) -> anyhow::Result<(Ledger, Counters)> {
+    settings.validate()?;
+    let store = if settings.store == "memory" {
+        Store::Memory(MemoryStore::new(clock.clone()))
+    } else {
+        connect_redis(settings).await?
+    };
+    let ledger = open_ledger(settings, clock).await?;
+    let sources = PolicySources::read(&ledger)
+        .await
+        .context("cannot read the tenant policy from the ledger")?;
+    let writer = LedgerWriter::new(
+        store.clone(),
+        ledger.clone(),
+        Metrics::new().ledger_writer.clone(),
+    );
+    let counters = Counters {
+        store,
+        policy: Arc::new(ArcSwap::from_pointee(Policy::compile(sources, 1))),
+        writer: Arc::new(writer),
+        key_prefix: settings.limiter_options().key_prefix,
+    };
+    Ok((ledger, counters))
 }
 
 /// Connects the ledger, migrates it if asked, and seeds the bootstrap admin token.

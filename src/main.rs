@@ -4,10 +4,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tollgate::app::{App, open_ledger, shutdown_signal};
+use tollgate::app::{App, open_ledger, open_reconciler, shutdown_signal};
 use tollgate::clock::SystemClock;
-use tollgate::ledger::Ledger;
 use tollgate::ledger::tokens::{NewToken, Role};
+use tollgate::ledger::{Ledger, drift};
 use tollgate::rules::load;
 use tollgate::settings::{LogFormat, Settings};
 use tollgate::telemetry::{self, Metrics};
@@ -40,6 +40,13 @@ enum Command {
     /// Manage admin API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Compare the budget counters with the ledger: one row per budget; exits 0 when
+    /// nothing drifts, 1 when a budget drifts, 2 on an error.
+    Reconcile {
+        /// Print the rows as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the version.
     Version,
 }
@@ -69,6 +76,7 @@ fn main() -> ExitCode {
         }
         Command::CheckConfig { dir, merge_domains } => check_config(&dir, merge_domains),
         Command::Serve => serve(cli.config),
+        Command::Reconcile { json } => reconcile(cli.config, json),
         Command::Migrate => with_ledger(cli.config, |ledger| async move {
             ledger.migrate().await?;
             println!("migrations applied");
@@ -119,6 +127,52 @@ where
         Err(error) => {
             eprintln!("tollgate: {error:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints the drift of every budget; the exit code says whether any drifts.
+fn reconcile(config: Option<PathBuf>, json: bool) -> ExitCode {
+    let outcome = Settings::load(config.as_deref())
+        .map_err(anyhow::Error::from)
+        .and_then(|settings| {
+            if settings.store == "memory" {
+                eprintln!(
+                    "tollgate: the memory store's counters live in the serving process; \
+                     here every counter reads 0 (use GET /v1/reports/drift on the service)"
+                );
+            }
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(async {
+                let (ledger, counters) =
+                    open_reconciler(&settings, std::sync::Arc::new(SystemClock)).await?;
+                Ok(counters.drift(&ledger, None, ledger.now_ms()).await?)
+            })
+        });
+    match outcome {
+        Ok(rows) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&rows).expect("rows serialize")
+                );
+            } else {
+                print!("{}", drift::table(&rows));
+            }
+            let drifting = rows.iter().filter(|r| r.drifts()).count();
+            if drifting == 0 {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!(
+                    "tollgate: {drifting} of {} budgets drift from the ledger",
+                    rows.len()
+                );
+                ExitCode::from(1)
+            }
+        }
+        Err(error) => {
+            eprintln!("tollgate: {error:#}");
+            ExitCode::from(2)
         }
     }
 }

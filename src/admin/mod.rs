@@ -24,11 +24,15 @@ use utoipa::{Modify, OpenApi, ToSchema};
 use self::error::ApiError;
 use self::extract::{MAX_BODY_BYTES, Page};
 use crate::ledger::Ledger;
+use crate::ledger::drift::Counters;
 
 /// What the admin handlers share.
 #[derive(Clone)]
 pub struct AdminState {
     pub ledger: Ledger,
+    /// The budget counters, for the drift report and reservations in the budget report
+    /// (none: the drift report is unavailable and `reserved` reads 0).
+    pub counters: Option<Counters>,
 }
 
 /// One page of a list.
@@ -89,7 +93,7 @@ async fn not_found() -> ApiError {
         budgets::retire_budget,
         approvals::file_approval, approvals::list_approvals, approvals::get_approval,
         approvals::approve_approval, approvals::reject_approval, approvals::cancel_approval,
-        reports::spend_report, reports::budget_report, reports::create_adjustment,
+        reports::spend_report, reports::budget_report, reports::drift_report, reports::create_adjustment,
     ),
     modifiers(&BearerAuth)
 )]

@@ -1,5 +1,6 @@
-//! `/v1/reports`: spend and budget status for finance tooling, as JSON or RFC 4180 CSV;
-//! and `/v1/adjustments`: corrections to the ledger (admins).
+//! `/v1/reports`: spend and budget status for finance tooling, and the drift of the
+//! budget counters from the ledger for operators, as JSON or RFC 4180 CSV; and
+//! `/v1/adjustments`: corrections to the ledger (admins).
 //!
 //! Readers: admin and finance see everything; a tenant token sees only its own tenant
 //! (the filter is forced, another tenant answers 404); approvers may not read reports.
@@ -26,6 +27,7 @@ use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{Body, Page, Query, default_limit};
 use super::{AdminState, List};
+use crate::ledger::drift::{BudgetDrift, DriftError};
 use crate::ledger::prices::{MAX_TIME_MS, validate_model};
 use crate::ledger::reports::{BudgetStatus, Dimension, Granularity, SpendQuery, SpendReport};
 use crate::ledger::tenants::{Invalid, validate_timezone};
@@ -47,6 +49,7 @@ pub fn router() -> Router<AdminState> {
     Router::new()
         .route("/reports/spend", get(spend_report))
         .route("/reports/budgets", get(budget_report))
+        .route("/reports/drift", get(drift_report))
         .route("/adjustments", post(create_adjustment))
 }
 
@@ -457,8 +460,9 @@ const BUDGET_COLUMNS: [&str; 15] = [
 ];
 
 /// The status of each live tenant and tenant-model budget in its current period: limit
-/// (overrides included), spent (from the ledger), reserved (0 for now: reservations live
-/// in the counter store), remaining and when the period ends; by tenant, name and id.
+/// (overrides included), spent (from the ledger), reserved (by requests in flight, from
+/// the counter store), remaining (`limit - spent - reserved`, never below zero) and when
+/// the period ends; by tenant, name and id.
 #[utoipa::path(get, path = "/v1/reports/budgets", tag = "reports", params(BudgetParams),
     responses(
         (status = 200, body = List<BudgetStatus>, description = "JSON, or text/csv with `format=csv`"),
@@ -472,25 +476,19 @@ pub async fn budget_report(
     caller.require(READERS)?;
     let Query(params) = params?;
     let tenant_id = caller.tenant_filter(params.tenant_id.as_deref())?;
-    let format = params.format.unwrap_or_default();
-    if format == Format::Csv && (params.limit.is_some() || params.offset.is_some()) {
-        let field = if params.limit.is_some() {
-            "limit"
-        } else {
-            "offset"
-        };
-        return Err(Invalid::new(
-            field,
-            "a CSV report holds every row; limit and offset are for JSON",
-        )
-        .into());
+    let (format, page) = params.format_and_page()?;
+    let mut statuses = state.ledger.budget_status(tenant_id.as_deref()).await?;
+    if let Some(counters) = &state.counters {
+        let held = counters
+            .reserved(tenant_id.as_deref(), state.ledger.now_ms())
+            .await
+            .map_err(drift_error)?;
+        for status in &mut statuses {
+            if let Some(h) = held.iter().find(|h| h.budget_id == status.budget_id) {
+                status.hold(i64::try_from(h.reserved).unwrap_or(i64::MAX));
+            }
+        }
     }
-    let page = Page {
-        limit: params.limit.unwrap_or_else(default_limit),
-        offset: params.offset.unwrap_or(0),
-    }
-    .validate()?;
-    let statuses = state.ledger.budget_status(tenant_id.as_deref()).await?;
     if format == Format::Csv {
         return Ok(csv_response("budgets.csv", budget_csv(&statuses)?));
     }
@@ -500,6 +498,31 @@ pub async fn budget_report(
         .take(page.limit as usize + 1)
         .collect();
     Ok(Json(List::page(items, page)).into_response())
+}
+
+impl BudgetParams {
+    /// The format, and the JSON page (CSV holds every row: no limit or offset with it).
+    fn format_and_page(&self) -> Result<(Format, Page), ApiError> {
+        let format = self.format.unwrap_or_default();
+        if format == Format::Csv && (self.limit.is_some() || self.offset.is_some()) {
+            let field = if self.limit.is_some() {
+                "limit"
+            } else {
+                "offset"
+            };
+            return Err(Invalid::new(
+                field,
+                "a CSV report holds every row; limit and offset are for JSON",
+            )
+            .into());
+        }
+        let page = Page {
+            limit: self.limit.unwrap_or_else(default_limit),
+            offset: self.offset.unwrap_or(0),
+        }
+        .validate()?;
+        Ok((format, page))
+    }
 }
 
 fn budget_csv(statuses: &[BudgetStatus]) -> Result<Vec<u8>, ApiError> {
@@ -522,6 +545,97 @@ fn budget_csv(statuses: &[BudgetStatus]) -> Result<Vec<u8>, ApiError> {
             s.remaining.to_string(),
             s.period_start.clone(),
             s.period_end.clone(),
+        ];
+        out.write_record(&record).map_err(csv_error)?;
+    }
+    out.into_inner()
+        .map_err(|e| ApiError::Internal(format!("cannot write CSV: {e}")))
+}
+
+/// The CSV columns of the drift report, in order.
+const DRIFT_COLUMNS: [&str; 14] = [
+    "tenant_id",
+    "budget_id",
+    "name",
+    "scope",
+    "model",
+    "measure",
+    "token_type",
+    "currency",
+    "period_start",
+    "period_end",
+    "counter",
+    "reserved",
+    "ledger",
+    "drift",
+];
+
+/// The budget counters against the ledger: for each live budget charged with settled
+/// usage (tokens, cost, and requests but a session's) with a windowed or calendar period
+/// (tenant, tenant-model and global scopes; global ones only without a tenant filter), in
+/// its current period: the counter (settled usage the
+/// counter store holds), reserved, the ledger's figure (after moving the usage outbox into
+/// the ledger) and `drift = counter - ledger`, signed; as exact decimals or counts, and in
+/// storage units under `units`. Zero everywhere when the counters agree with the ledger.
+/// Nothing is rebuilt: a period whose counters were lost reads 0 until its next decision.
+#[utoipa::path(get, path = "/v1/reports/drift", tag = "reports", params(BudgetParams),
+    responses(
+        (status = 200, body = List<BudgetDrift>, description = "JSON, or text/csv with `format=csv`"),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn drift_report(
+    State(state): State<AdminState>,
+    caller: Caller,
+    params: Result<Query<BudgetParams>, ApiError>,
+) -> Result<Response, ApiError> {
+    caller.require(READERS)?;
+    let Query(params) = params?;
+    let tenant_id = caller.tenant_filter(params.tenant_id.as_deref())?;
+    let (format, page) = params.format_and_page()?;
+    let counters = state.counters.as_ref().ok_or_else(|| {
+        ApiError::Internal("the admin API was built without the counter store".into())
+    })?;
+    let rows = counters
+        .drift(&state.ledger, tenant_id.as_deref(), state.ledger.now_ms())
+        .await
+        .map_err(drift_error)?;
+    if format == Format::Csv {
+        return Ok(csv_response("drift.csv", drift_csv(&rows)?));
+    }
+    let items: Vec<BudgetDrift> = rows
+        .into_iter()
+        .skip(page.offset as usize)
+        .take(page.limit as usize + 1)
+        .collect();
+    Ok(Json(List::page(items, page)).into_response())
+}
+
+fn drift_error(error: DriftError) -> ApiError {
+    match error {
+        DriftError::Ledger(e) => e.into(),
+        other => ApiError::Internal(other.to_string()),
+    }
+}
+
+fn drift_csv(rows: &[BudgetDrift]) -> Result<Vec<u8>, ApiError> {
+    let mut out = csv_writer();
+    out.write_record(DRIFT_COLUMNS).map_err(csv_error)?;
+    for r in rows {
+        let record = [
+            r.tenant_id.clone().unwrap_or_default(),
+            r.budget_id.clone(),
+            r.name.clone(),
+            name(&r.scope),
+            r.model.clone().unwrap_or_default(),
+            name(&r.measure),
+            r.token_type.as_deref().map(neutralize).unwrap_or_default(),
+            r.currency.clone().unwrap_or_default(),
+            r.period_start.clone(),
+            r.period_end.clone(),
+            r.counter.clone(),
+            r.reserved.clone(),
+            r.ledger.clone(),
+            r.drift.clone(),
         ];
         out.write_record(&record).map_err(csv_error)?;
     }

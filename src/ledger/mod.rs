@@ -5,8 +5,8 @@
 //! Each area has its own file: [`tenants`], [`tokens`], [`audit`], [`prices`], [`budgets`],
 //! [`approvals`]; usage events and corrections in [`usage`], reports derived from them in
 //! [`reports`]; [`writer`] moves settled usage events from the counter store's outbox
-//! into the ledger. Every change runs in a
-//! transaction that also writes its audit entry, and announces itself on
+//! into the ledger, and [`drift`] compares the budget counters with it. Every change runs
+//! in a transaction that also writes its audit entry, and announces itself on
 //! [`Ledger::changes`] after commit so in-memory policy can reload (PostgreSQL
 //! `LISTEN/NOTIFY` reaches every replica; SQLite is one process).
 
@@ -14,6 +14,7 @@ pub mod approvals;
 pub mod audit;
 pub mod balances;
 pub mod budgets;
+pub mod drift;
 pub mod follow;
 pub mod prices;
 pub mod reports;

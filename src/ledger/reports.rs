@@ -325,8 +325,9 @@ impl Ledger {
     /// tenants), by tenant, name and id, in the period containing now.
     ///
     /// Session budgets are per session and global ones belong to no tenant: neither is
-    /// listed. `reserved` is always 0 for now: reservations live in the counter store, not
-    /// in the ledger, so `spent` is what the ledger has recorded.
+    /// listed. `spent` is what the ledger has recorded; `reserved` is 0 here, as
+    /// reservations live in the counter store: [`BudgetStatus::hold`] fills it in
+    /// (the admin API does, from [`super::drift::Counters::reserved`]).
     pub async fn budget_status(
         &self,
         tenant: Option<&str>,
@@ -469,7 +470,7 @@ pub struct BudgetStatus {
     /// The limit in force now (overrides included): a count, or a decimal string for cost.
     pub limit: Amount,
     pub spent: Amount,
-    /// Held by reservations of requests in flight; 0 until reservations are reported.
+    /// Held by reservations of requests in flight (from the counter store).
     pub reserved: Amount,
     /// `limit - spent - reserved`, never below zero.
     pub remaining: Amount,
@@ -492,6 +493,20 @@ pub struct StatusUnits {
 }
 
 impl BudgetStatus {
+    /// Sets what reservations hold in the period (storage units), and `remaining` with it.
+    pub fn hold(&mut self, reserved: i64) {
+        let reserved = reserved.max(0);
+        let u = &mut self.units;
+        u.reserved = reserved;
+        u.remaining = u
+            .limit
+            .saturating_sub(u.spent)
+            .saturating_sub(reserved)
+            .max(0);
+        self.reserved = Amount::from_units(self.measure, u.reserved);
+        self.remaining = Amount::from_units(self.measure, u.remaining);
+    }
+
     fn new(
         budget: Budget,
         tenant_id: String,

@@ -225,12 +225,17 @@ local function read(from, count)
   return {}
 end
 
+-- No stream yet: nothing was ever settled (and a Redis without usage holds no outbox key).
+if redis.call('EXISTS', key) == 0 then
+  return {}
+end
+
 local mine = redis.pcall('XREADGROUP', 'GROUP', group, me, 'COUNT', max, 'STREAMS', key, '0')
 if type(mine) == 'table' and mine.err then
   if not string.find(mine.err, 'NOGROUP', 1, true) then
     return mine
   end
-  redis.call('XGROUP', 'CREATE', key, group, '0', 'MKSTREAM')
+  redis.call('XGROUP', 'CREATE', key, group, '0')
   mine = read('0', max)
 elseif mine then
   mine = mine[1][2]

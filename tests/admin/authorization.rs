@@ -543,6 +543,12 @@ fn matrix(seed: &Seed) -> Vec<Row> {
         row(M::GET, "/v1/reports/budgets", "/reports/budgets", "ok 403 ok ok ok").shows_tenants(),
         row(M::GET, "/v1/reports/budgets", "/reports/budgets?format=csv", "ok 403 ok ok ok").shows_tenants(),
         row(M::GET, "/v1/reports/budgets", "/reports/budgets?tenant_id=alpha", "ok 403 ok ok 404"),
+        // Drift of the budget counters from the ledger: the same readers; global budgets
+        // only for staff without a tenant filter.
+        row(M::GET, "/v1/reports/drift", "/reports/drift", "ok 403 ok ok ok").shows_tenants(),
+        row(M::GET, "/v1/reports/drift", "/reports/drift?format=csv", "ok 403 ok ok ok").shows_tenants(),
+        row(M::GET, "/v1/reports/drift", "/reports/drift?tenant_id=alpha", "ok 403 ok ok 404"),
+        row(M::GET, "/v1/reports/drift", "/reports/drift?format=csv&limit=5", "422 403 422 422 422"),
         // Corrections to the ledger: admins only.
         row(M::POST, "/v1/adjustments", "/adjustments", "ok 403 403 403 403")
             .body(|who| json!({"tenant_id": ALPHA, "kind": "adjustment", "amount": "1.00", "note": format!("alpha fix by {}", who.name())})),

@@ -5,6 +5,7 @@ mod approvals;
 mod authorization;
 mod budget_flow;
 mod budgets;
+mod drift;
 mod helpers;
 mod ledger_writer;
 mod prices;
