@@ -36,7 +36,7 @@ use utoipa::ToSchema;
 use super::budgets::{Measure, Scope};
 use super::writer::{LedgerWriter, WriterError};
 use super::{Ledger, LedgerError};
-use crate::limiter::budget::{Planned, SpentQuery, counts_per_session, plan_budget};
+use crate::limiter::budget::{Layout, Planned, SpentQuery, counts_per_session, plan_budget};
 use crate::money::format_micros;
 use crate::policy::{BudgetPolicy, CurrentPolicy, Policy, TenantPolicy};
 use crate::store::budget::{BudgetCall, BudgetOp, BudgetReply, namespace};
@@ -134,6 +134,11 @@ fn groups<'p>(
     now_secs: u64,
 ) -> Vec<Group<'p>> {
     let ns = namespace(prefix);
+    let layout = Layout {
+        ns: &ns,
+        now_secs,
+        session_idle_secs: 0,
+    };
     let compared = |b: &&BudgetPolicy| !counts_per_session(b);
     let mut tenants: Vec<&TenantPolicy> = policy.tenants().collect();
     tenants.sort_by(|a, b| a.id.cmp(&b.id));
@@ -143,7 +148,7 @@ fn groups<'p>(
             .spend_budgets()
             .iter()
             .filter(compared)
-            .map(|b| plan_budget(&ns, b, tenant, &tenant.timezone, None, now_secs, 0, 0))
+            .map(|b| plan_budget(&layout, b, tenant, &tenant.timezone, None, 0))
             .collect();
         groups.push(Group {
             tenant: Some(tenant),
@@ -156,7 +161,7 @@ fn groups<'p>(
             .global_spend_budgets()
             .iter()
             .filter(compared)
-            .map(|b| plan_budget(&ns, b, anchor, &TimeZone::UTC, None, now_secs, 0, 0))
+            .map(|b| plan_budget(&layout, b, anchor, &TimeZone::UTC, None, 0))
             .collect();
         groups.push(Group {
             tenant: None,

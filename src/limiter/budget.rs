@@ -35,9 +35,7 @@ use crate::ledger::budgets::{CalendarUnit, Measure, Period, Scope};
 use crate::ledger::usage::{UsageEvent, price_lines};
 use crate::policy::{BudgetPolicy, Policy, TenantPolicy};
 use crate::rules::Unit;
-use crate::store::budget::{
-    BudgetCall, BudgetLine, BudgetOp, BudgetOutcome, BudgetReply, namespace,
-};
+use crate::store::budget::{BudgetCall, BudgetLine, BudgetOp, BudgetOutcome, BudgetReply};
 use crate::store::{CounterStore, StoreError};
 
 use super::quota::QuotaEntries;
@@ -107,31 +105,34 @@ impl<'a> Scopes<'a> {
     }
 }
 
+/// Where and when budget counters are laid out.
+#[derive(Debug, Clone, Copy)]
+pub struct Layout<'a> {
+    /// The key namespace, from [`namespace`].
+    pub ns: &'a str,
+    /// The periods are those containing this second.
+    pub now_secs: u64,
+    /// How long a session-long counter outlives its last change.
+    pub session_idle_secs: u64,
+}
+
 /// Lays out the counters of every budget of `tenant` (and global budget) that `scopes`
-/// covers, for the period containing `now_secs`; `amount` gives each line's amount
-/// (`None` leaves the budget out, e.g. a cost budget in another currency).
+/// covers (hard ones only with `hard_only`); `amount` gives each line's amount (`None`
+/// leaves the budget out, e.g. a cost budget in another currency).
 pub fn plan<'p>(
-    prefix: &str,
+    layout: &Layout<'_>,
     policy: &'p Policy,
     tenant: &'p TenantPolicy,
     scopes: Scopes<'_>,
-    now_secs: u64,
-    session_idle_secs: u64,
     hard_only: bool,
     mut amount: impl FnMut(&BudgetPolicy) -> Option<u64>,
 ) -> Vec<Planned<'p>> {
-    let ns = namespace(prefix);
     let utc = jiff::tz::TimeZone::UTC;
     tenant
         .spend_budgets()
         .iter()
         .map(|b| (b, &tenant.timezone))
-        .chain(
-            policy
-                .global_spend_budgets()
-                .iter()
-                .map(|b| (b, &utc)),
-        )
+        .chain(policy.global_spend_budgets().iter().map(|b| (b, &utc)))
         .filter(|(b, _)| scopes.covers(b) && (b.hard || !hard_only))
         .filter_map(|(budget, tz)| {
             let amount = amount(budget)?;
@@ -140,16 +141,7 @@ pub fn plan<'p>(
             } else {
                 None
             };
-            Some(plan_budget(
-                &ns,
-                budget,
-                tenant,
-                tz,
-                session,
-                now_secs,
-                session_idle_secs,
-                amount,
-            ))
+            Some(plan_budget(layout, budget, tenant, tz, session, amount))
         })
         .collect()
 }
@@ -159,21 +151,19 @@ pub fn counts_per_session(budget: &BudgetPolicy) -> bool {
     budget.scope == Scope::Session || matches!(budget.period, Period::Session(_))
 }
 
-/// Lays out one budget's counter for the period containing `now_secs` under namespace
-/// `ns` (from [`namespace`]): in `tz` (the tenant's; UTC for a global budget), of
-/// `session` for a budget counted per session. The one place budget keys are built, for
-/// the limiter and for reconciling the counters with the ledger (`crate::ledger::drift`).
-#[allow(clippy::too_many_arguments)]
+/// Lays out one budget's counter as `layout` says: in `tz` (the tenant's; UTC for a
+/// global budget), of `session` for a budget counted per session. The one place budget
+/// keys are built, for the limiter and for reconciling the counters with the ledger
+/// (`crate::ledger::drift`).
 pub fn plan_budget<'p>(
-    ns: &str,
+    layout: &Layout<'_>,
     budget: &'p BudgetPolicy,
     tenant: &'p TenantPolicy,
     tz: &jiff::tz::TimeZone,
     session: Option<&str>,
-    now_secs: u64,
-    session_idle_secs: u64,
     amount: u64,
 ) -> Planned<'p> {
+    let (ns, now_secs) = (layout.ns, layout.now_secs);
     let window = match budget.period {
         Period::Window { window_seconds } => Some(Window::containing(now_secs, window_seconds)),
         Period::Calendar { calendar } => {
@@ -192,7 +182,7 @@ pub fn plan_budget<'p>(
     }
     let (ttl_secs, idle) = match &window {
         Some(w) => (w.until_reset + PERIOD_GRACE_SECS, false),
-        None => (session_idle_secs.max(1), true),
+        None => (layout.session_idle_secs.max(1), true),
     };
     Planned {
         budget,
@@ -255,15 +245,16 @@ pub struct Settlement<'a> {
 }
 
 /// Groups usage descriptors (their quota entries and tokens) by tenant and request id.
-pub fn group_usage<'a>(usage: impl IntoIterator<Item = (QuotaEntries<'a>, u64)>) -> Vec<Settlement<'a>> {
+pub fn group_usage<'a>(
+    usage: impl IntoIterator<Item = (QuotaEntries<'a>, u64)>,
+) -> Vec<Settlement<'a>> {
     let mut settlements: Vec<Settlement<'a>> = Vec::new();
     for (entries, tokens) in usage {
         let Some(token_type) = entries.token_type else {
             continue;
         };
-        let same = |s: &Settlement<'a>| {
-            s.tenant == entries.tenant && s.request_id == entries.request_id
-        };
+        let same =
+            |s: &Settlement<'a>| s.tenant == entries.tenant && s.request_id == entries.request_id;
         let index = match settlements.iter().position(same) {
             Some(i) => i,
             None => {
@@ -331,12 +322,21 @@ pub fn charge_amount(budget: &BudgetPolicy, event: &UsageEvent) -> Option<u64> {
             event
                 .lines
                 .iter()
-                .filter(|l| budget.token_type.as_ref().is_none_or(|t| *t == l.token_type))
+                .filter(|l| {
+                    budget
+                        .token_type
+                        .as_ref()
+                        .is_none_or(|t| *t == l.token_type)
+                })
                 .map(|l| l.tokens)
                 .sum(),
         ),
         Measure::Cost => {
-            if budget.currency.as_ref().is_some_and(|c| *c != event.currency) {
+            if budget
+                .currency
+                .as_ref()
+                .is_some_and(|c| *c != event.currency)
+            {
                 return None;
             }
             u64::try_from(event.cost_micros()).ok()
@@ -446,10 +446,7 @@ impl SpentQuery {
 /// Where rebuilds read settled usage: the ledger, once the outbox has been drained into
 /// it (see `crate::app`).
 pub trait SpentSource: Send + Sync + 'static {
-    fn spent(
-        &self,
-        query: SpentQuery,
-    ) -> futures::future::BoxFuture<'_, Result<u64, String>>;
+    fn spent(&self, query: SpentQuery) -> futures::future::BoxFuture<'_, Result<u64, String>>;
 }
 
 /// A request-path descriptor guarded by budgets (see the module doc).
@@ -481,7 +478,11 @@ pub enum Guarded {
     /// Within every budget; the tightest hard budget's standing, for the response headers.
     Within(Option<Standing>),
     /// A budget is spent (or has no room for the reservation).
-    Refused { name: String, limit: u64, body: String },
+    Refused {
+        name: String,
+        limit: u64,
+        body: String,
+    },
 }
 
 /// A hard budget's standing after a guard: what the remaining-budget headers show.
@@ -587,11 +588,8 @@ impl Limiter {
                 let answer = match refused_line {
                     Some(line) if call.owner[line] == g.index => {
                         let planned = &call.planned[line];
-                        let left = remaining(
-                            planned.budget.limit,
-                            reply.used[line],
-                            reply.reserved[line],
-                        );
+                        let left =
+                            remaining(planned.budget.limit, reply.used[line], reply.reserved[line]);
                         self.metrics.policy.refused_budget_exhausted.increment(1);
                         Guarded::Refused {
                             name: planned.budget.name.clone(),
@@ -628,21 +626,20 @@ impl Limiter {
             .iter()
             .find_map(|g| Some((g.entries.request_id?.to_owned(), g.estimate()?)));
         let model = scopes.model;
-        let planned = plan(
-            &self.options.key_prefix,
-            policy,
-            tenant,
-            scopes,
-            now_secs,
-            self.options.session_idle_ttl.as_secs(),
-            true,
-            |b| match &reservation {
-                Some((_, tokens)) => {
-                    estimate_amount(policy, tenant, model, b, *tokens, now_ms as i64)
-                }
-                None => Some(0),
-            },
-        );
+        let planned =
+            plan(
+                &self.layout(now_secs),
+                policy,
+                tenant,
+                scopes,
+                true,
+                |b| match &reservation {
+                    Some((_, tokens)) => {
+                        estimate_amount(policy, tenant, model, b, *tokens, now_ms as i64)
+                    }
+                    None => Some(0),
+                },
+            );
         // A session's budgets answer to the descriptor naming only the session, when there
         // is one; everything else to the descriptor naming the model.
         let session_owner = group
@@ -695,7 +692,10 @@ impl Limiter {
             let (event, unpriced) =
                 settlement.event(policy, tenant, domain, &request_id, now_ms as i64);
             if !unpriced.is_empty() {
-                self.metrics.budgets.unpriced.increment(unpriced.len() as u64);
+                self.metrics
+                    .budgets
+                    .unpriced
+                    .increment(unpriced.len() as u64);
                 tracing::warn!(
                     tenant = settlement.tenant,
                     model = settlement.model,
@@ -709,16 +709,9 @@ impl Limiter {
                 model: settlement.model,
                 session: settlement.session,
             };
-            let planned = plan(
-                &self.options.key_prefix,
-                policy,
-                tenant,
-                scopes,
-                now_secs,
-                self.options.session_idle_ttl.as_secs(),
-                false,
-                |b| charge_amount(b, &event),
-            );
+            let planned = plan(&self.layout(now_secs), policy, tenant, scopes, false, |b| {
+                charge_amount(b, &event)
+            });
             let op = BudgetOp::Settle {
                 request_id: request_id.clone(),
                 event: serde_json::to_string(&event).expect("usage events serialize"),
@@ -742,6 +735,14 @@ impl Limiter {
         Ok(())
     }
 
+    fn layout(&self, now_secs: u64) -> Layout<'_> {
+        Layout {
+            ns: &self.budget_namespace,
+            now_secs,
+            session_idle_secs: self.options.session_idle_ttl.as_secs(),
+        }
+    }
+
     /// Runs one budget step, rebuilding from the ledger every period it finds unbuilt
     /// (at most once per line), then retrying.
     async fn budget_step(
@@ -751,7 +752,7 @@ impl Limiter {
         op: BudgetOp,
         now_ms: u64,
     ) -> Result<BudgetReply, DecideError> {
-        let namespace = namespace(&self.options.key_prefix);
+        let namespace = self.budget_namespace.clone();
         let markers: Vec<(usize, String)> = planned
             .iter()
             .enumerate()
@@ -776,13 +777,12 @@ impl Limiter {
             let (line, marker) = &markers[marker];
             let p = &planned[*line];
             let spent = match (&self.spent_source, SpentQuery::of(p, session)) {
-                (Some(source), Some(query)) => source
-                    .spent(query)
-                    .await
-                    .map_err(|e| DecideError::Store(StoreError::Unavailable(format!(
+                (Some(source), Some(query)) => source.spent(query).await.map_err(|e| {
+                    DecideError::Store(StoreError::Unavailable(format!(
                         "cannot rebuild budget '{}' from the ledger: {e}",
                         p.budget.name
-                    ))))?,
+                    )))
+                })?,
                 // No ledger (tests of the counting alone): nothing was spent before.
                 _ => 0,
             };
@@ -864,14 +864,20 @@ impl Limiter {
 }
 
 /// The tightest hard line owned by descriptor `index`, for the remaining-budget headers.
-fn tightest(call: &GuardCall<'_>, reply: &BudgetReply, index: usize, now_secs: u64) -> Option<Standing> {
+fn tightest(
+    call: &GuardCall<'_>,
+    reply: &BudgetReply,
+    index: usize,
+    now_secs: u64,
+) -> Option<Standing> {
     call.planned
         .iter()
         .enumerate()
         .filter(|(i, p)| call.owner[*i] == index && p.line.limit.is_some())
         .map(|(i, p)| {
             let left = remaining(p.budget.limit, reply.used[i], reply.reserved[i]);
-            let share_ppm = (u128::from(left) * 1_000_000 / u128::from(p.budget.limit.max(1))) as u64;
+            let share_ppm =
+                (u128::from(left) * 1_000_000 / u128::from(p.budget.limit.max(1))) as u64;
             let mut shown = display_amount(p.budget, left);
             if p.budget.measure == Measure::Cost {
                 shown.push(' ');
@@ -880,7 +886,9 @@ fn tightest(call: &GuardCall<'_>, reply: &BudgetReply, index: usize, now_secs: u
             Standing {
                 name: p.budget.name.clone(),
                 remaining: shown,
-                resets_at: p.window.and_then(|w| local_time(p.tenant, now_secs + w.until_reset)),
+                resets_at: p
+                    .window
+                    .and_then(|w| local_time(p.tenant, now_secs + w.until_reset)),
                 share_ppm,
             }
         })
@@ -1013,7 +1021,10 @@ mod tests {
     async fn check(limiter: &Limiter) -> Decision {
         call(
             limiter,
-            &[(&[("tenant_id", "acme"), ("model", "claude-sonnet")], Some(0))],
+            &[(
+                &[("tenant_id", "acme"), ("model", "claude-sonnet")],
+                Some(0),
+            )],
         )
         .await
     }
@@ -1063,7 +1074,10 @@ mod tests {
         let first = check(&f.limiter).await;
         assert_eq!(first.overall_code, Code::Ok);
         assert_eq!(header(&first, BUDGET_HEADER), Some("monthly-cost"));
-        assert_eq!(header(&first, BUDGET_REMAINING_HEADER), Some("0.020000 USD"));
+        assert_eq!(
+            header(&first, BUDGET_REMAINING_HEADER),
+            Some("0.020000 USD")
+        );
         assert_eq!(
             header(&first, BUDGET_RESET_HEADER),
             Some("2026-12-01T00:00:00+01:00")
@@ -1073,7 +1087,10 @@ mod tests {
         settle(&f.limiter, "r-2", "1200", "350").await;
         let second = check(&f.limiter).await;
         assert_eq!(second.overall_code, Code::Ok, "0.017700 of 0.020000 spent");
-        assert_eq!(header(&second, BUDGET_REMAINING_HEADER), Some("0.002300 USD"));
+        assert_eq!(
+            header(&second, BUDGET_REMAINING_HEADER),
+            Some("0.002300 USD")
+        );
 
         // Check-only lets one more through: its usage was not known in advance.
         settle(&f.limiter, "r-3", "1200", "350").await;
@@ -1111,7 +1128,10 @@ mod tests {
         assert_eq!(header(&after, BUDGET_REMAINING_HEADER), Some("8450"));
         assert_eq!(outbox(&f.store).len(), 1);
         let text = f.limiter.metrics.render();
-        assert!(text.contains("tollgate_usage_duplicate_settlements_total 1"), "{text}");
+        assert!(
+            text.contains("tollgate_usage_duplicate_settlements_total 1"),
+            "{text}"
+        );
         assert!(text.contains("tollgate_usage_settled_total 1"), "{text}");
     }
 
@@ -1144,7 +1164,12 @@ mod tests {
         let refused = reserve("r-3", "400").await;
         assert_eq!(refused.overall_code, Code::OverLimit);
         assert_eq!(
-            refused.statuses[0].current_limit.as_ref().unwrap().name.as_deref(),
+            refused.statuses[0]
+                .current_limit
+                .as_ref()
+                .unwrap()
+                .name
+                .as_deref(),
             Some("tenant-hourly")
         );
         // Nothing of the refused reservation was held on the model budget either.
@@ -1159,11 +1184,15 @@ mod tests {
         assert_eq!(reserve("r-3", "400").await.overall_code, Code::Ok);
 
         // Unsettled reservations are released once their deadline passes, and counted.
-        f.clock.advance(LimiterOptions::default().reservation_ttl + Duration::from_secs(1));
+        f.clock
+            .advance(LimiterOptions::default().reservation_ttl + Duration::from_secs(1));
         let released = check(&f.limiter).await;
         assert_eq!(header(&released, BUDGET_REMAINING_HEADER), Some("900"));
         let text = f.limiter.metrics.render();
-        assert!(text.contains("tollgate_reservations_expired_total 2"), "{text}");
+        assert!(
+            text.contains("tollgate_reservations_expired_total 2"),
+            "{text}"
+        );
     }
 
     #[tokio::test]
@@ -1199,7 +1228,10 @@ mod tests {
         let after = check(&f.limiter).await;
         assert_eq!(header(&after, BUDGET_REMAINING_HEADER), Some("10000"));
         let text = f.limiter.metrics.render();
-        assert!(text.contains("tollgate_budget_periods_rebuilt_total 2"), "{text}");
+        assert!(
+            text.contains("tollgate_budget_periods_rebuilt_total 2"),
+            "{text}"
+        );
     }
 
     #[tokio::test]
@@ -1216,11 +1248,19 @@ mod tests {
         );
         let f = fixture(vec![daily]);
         settle(&f.limiter, "r-1", "10", "10").await;
-        assert_eq!(header(&check(&f.limiter).await, BUDGET_REMAINING_HEADER), Some("1"));
+        assert_eq!(
+            header(&check(&f.limiter).await, BUDGET_REMAINING_HEADER),
+            Some("1")
+        );
         settle(&f.limiter, "r-2", "10", "10").await;
         let refused = check(&f.limiter).await;
         assert_eq!(refused.overall_code, Code::OverLimit);
-        assert!(refused.raw_body.unwrap().contains(r#""budget":"daily-requests","remaining":"0""#));
+        assert!(
+            refused
+                .raw_body
+                .unwrap()
+                .contains(r#""budget":"daily-requests","remaining":"0""#)
+        );
     }
 
     #[tokio::test]
@@ -1233,8 +1273,9 @@ mod tests {
         f.limiter = f.limiter.with_alerter(alerter);
         let alerts = |f: &Fixture, threshold: u32| {
             let text = f.limiter.metrics.render();
-            let series =
-                format!(r#"tollgate_budget_alerts_total{{budget="b-hourly",threshold="{threshold}"}} "#);
+            let series = format!(
+                r#"tollgate_budget_alerts_total{{budget="b-hourly",threshold="{threshold}"}} "#
+            );
             text.lines()
                 .find_map(|l| l.strip_prefix(series.as_str()))
                 .map_or(0, |n| n.parse::<u64>().unwrap())
@@ -1271,6 +1312,9 @@ mod tests {
         assert_eq!(decision.overall_code, Code::Ok);
         assert_eq!(outbox(&f.store).len(), 1);
         let text = f.limiter.metrics.render();
-        assert!(text.contains("tollgate_usage_unknown_tenant_total 1"), "{text}");
+        assert!(
+            text.contains("tollgate_usage_unknown_tenant_total 1"),
+            "{text}"
+        );
     }
 }

@@ -107,6 +107,8 @@ pub struct Limiter {
     spent_source: Option<Arc<dyn SpentSource>>,
     /// Signalled after every settlement, so the ledger writer moves it promptly.
     settled: Arc<tokio::sync::Notify>,
+    /// Where budget keys live (`store::budget::namespace` of the key prefix).
+    budget_namespace: String,
 }
 
 /// The limits in force for one descriptor, once matching and `replaces` are done.
@@ -184,6 +186,7 @@ impl Limiter {
         metrics: Metrics,
         options: LimiterOptions,
     ) -> Self {
+        let budget_namespace = crate::store::budget::namespace(&options.key_prefix);
         let over_limit_cache = (options.local_cache_size > 0)
             .then(|| quick_cache::sync::Cache::new(options.local_cache_size));
         Self {
@@ -197,6 +200,7 @@ impl Limiter {
             alerter: None,
             spent_source: None,
             settled: Arc::new(tokio::sync::Notify::new()),
+            budget_namespace,
         }
     }
 
