@@ -1196,6 +1196,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_estimate_that_is_no_number_is_an_error_naming_the_descriptor() {
+        let f = fixture(vec![tokens_budget("hourly", Scope::Tenant, 1_000)]);
+        let entries = [
+            ("tenant_id", "acme"),
+            ("model", "claude-sonnet"),
+            ("request_id", "r-1"),
+            ("estimate", "lots"),
+        ];
+        let request = Request {
+            domain: "ai-gateway",
+            descriptors: vec![
+                Descriptor::default(),
+                Descriptor {
+                    entries: entries.to_vec(),
+                    ..Descriptor::default()
+                },
+            ],
+            hits_addend: 0,
+        };
+        let error = f.limiter.decide(&request).await.unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "descriptor 1: the estimate 'lots' is not a whole number of tokens"
+        );
+    }
+
+    #[tokio::test]
     async fn a_cost_budget_reserves_at_the_highest_price_of_the_model() {
         let f = fixture(vec![cost_budget("monthly-cost", 20_000)]);
         // 1000 tokens at the output price (15.00 per million) hold 0.015000 USD.
@@ -1232,6 +1259,68 @@ mod tests {
             text.contains("tollgate_budget_periods_rebuilt_total 2"),
             "{text}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_session_token_budget_guards_its_session_only() {
+        let session_tokens = budget(
+            Some("acme"),
+            "session-tokens",
+            Scope::Session,
+            Measure::Tokens,
+            Period::Session(crate::ledger::budgets::SessionPeriod::Session),
+            50_000,
+        );
+        let f = fixture(vec![session_tokens]);
+        let usage = |request_id: &'static str, tokens: u64| {
+            let limiter = &f.limiter;
+            async move {
+                let entries = [
+                    ("tenant_id", "acme"),
+                    ("model", "claude-sonnet"),
+                    ("session_id", "s-1"),
+                    ("request_id", request_id),
+                    ("token_type", "output"),
+                ];
+                call(limiter, &[(&entries, Some(tokens))]).await
+            }
+        };
+        let session = |id: &'static str| {
+            let limiter = &f.limiter;
+            async move {
+                call(
+                    limiter,
+                    &[(&[("tenant_id", "acme"), ("session_id", id)], None)],
+                )
+                .await
+            }
+        };
+        usage("r-1", 30_000).await;
+        let within = session("s-1").await;
+        assert_eq!(header(&within, BUDGET_REMAINING_HEADER), Some("20000"));
+        assert_eq!(
+            header(&within, BUDGET_RESET_HEADER),
+            None,
+            "a session has no reset time"
+        );
+        usage("r-2", 25_000).await;
+        let refused = session("s-1").await;
+        assert_eq!(refused.overall_code, Code::OverLimit);
+        assert_eq!(
+            refused.raw_body.as_deref(),
+            Some(
+                r#"{"error":"budget_exhausted","tenant":"acme","budget":"session-tokens","remaining":"0"}"#
+            )
+        );
+        assert_eq!(
+            session("s-2").await.overall_code,
+            Code::Ok,
+            "another session is fresh"
+        );
+        // Forgotten once the session has been idle for the idle TTL.
+        f.clock
+            .advance(LimiterOptions::default().session_idle_ttl + Duration::from_secs(1));
+        assert_eq!(session("s-1").await.overall_code, Code::Ok);
     }
 
     #[tokio::test]

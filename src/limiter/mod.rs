@@ -290,6 +290,14 @@ impl Limiter {
                             charges.resize_with(request.descriptors.len(), Charges::default);
                             charges[index] = c;
                         }
+                        if let Some(value) = admitted.entries.estimate
+                            && value.trim().parse::<u64>().is_err()
+                        {
+                            return Err(DecideError::InvalidEstimate {
+                                index,
+                                value: value.to_owned(),
+                            });
+                        }
                         if budget::Scopes::guarded_by(&admitted.entries).is_some() {
                             guards.push(Guard {
                                 index,

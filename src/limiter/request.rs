@@ -86,6 +86,8 @@ pub enum DecideError {
     NoRules,
     #[error("descriptor {index}: the request's limit override has an unknown unit")]
     UnknownOverrideUnit { index: usize },
+    #[error("descriptor {index}: the estimate '{value}' is not a whole number of tokens")]
+    InvalidEstimate { index: usize, value: String },
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
 }
