@@ -8,8 +8,6 @@
 //! parallel) and nothing here flushes or stops it. Tests that flush, or need a Cluster,
 //! start private `redis-server` processes on free ports and kill only those.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -22,6 +20,10 @@ use tollgate::store::budget::{
 };
 use tollgate::store::redis::RedisOptions;
 use tollgate::store::{CounterStore, MemoryStore, RedisStore};
+
+#[path = "support/private_redis.rs"]
+mod private_redis;
+use private_redis::{PrivateCluster, PrivateRedis};
 
 /// Generous: the machine is shared with builds, and these tests are about behaviour.
 const DEADLINE: Duration = Duration::from_secs(5);
@@ -818,7 +820,7 @@ async fn redis_a_consumers_entries_are_its_own_until_it_goes_idle() {
 #[tokio::test]
 async fn redis_after_a_flush_the_counters_are_unbuilt_and_the_outbox_group_is_made_again() {
     let dir = tempfile::tempdir().unwrap();
-    let server = PrivateRedis::start(dir.path()).await;
+    let server = PrivateRedis::start(dir.path(), &[]).await;
     let h = redis_at(&server.url(), &unique_prefix()).await;
     let mut conn = conn(&h);
     let lines = [hard(&h, "a", 100, 5)];
@@ -855,15 +857,7 @@ async fn redis_after_a_flush_the_counters_are_unbuilt_and_the_outbox_group_is_ma
 #[tokio::test]
 async fn redis_cluster_runs_budget_calls_and_the_outbox_in_the_namespaces_slot() {
     let cluster = PrivateCluster::start().await;
-    let url = format!(
-        "redis+cluster://{}",
-        cluster
-            .ports
-            .iter()
-            .map(|p| format!("127.0.0.1:{p}"))
-            .collect::<Vec<_>>()
-            .join(",")
-    );
+    let url = cluster.url();
     let prefix = unique_prefix();
     let mut options = RedisOptions::new(&url, DEADLINE);
     options.key_prefix = prefix.clone();
@@ -910,177 +904,4 @@ async fn redis_cluster_runs_budget_calls_and_the_outbox_in_the_namespaces_slot()
     assert_eq!(pending.len(), 1);
     h.ack(&pending).await;
     assert!(h.pending(10).await.is_empty());
-}
-
-// ---------------------------------------------------------------------------------------
-// Private Redis servers: started on free ports, killed when dropped (as in
-// tests/store_contract.rs).
-// ---------------------------------------------------------------------------------------
-
-/// A port nothing listens on right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A free port whose cluster bus port (+10000) is free too.
-fn free_cluster_port() -> u16 {
-    loop {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let port = 20_000 + (nanos % 20_000) as u16;
-        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
-        if free(port) && free(port + 10_000) {
-            return port;
-        }
-    }
-}
-
-async fn answers_ping(url: &str) -> bool {
-    let Ok(client) = redis::Client::open(url) else {
-        return false;
-    };
-    let Ok(Ok(mut conn)) = tokio::time::timeout(
-        Duration::from_secs(1),
-        client.get_multiplexed_async_connection(),
-    )
-    .await
-    else {
-        return false;
-    };
-    redis::cmd("PING")
-        .query_async::<String>(&mut conn)
-        .await
-        .is_ok()
-}
-
-struct PrivateRedis {
-    child: Option<Child>,
-    port: u16,
-}
-
-impl PrivateRedis {
-    /// Starts `redis-server` on a free port with no persistence.
-    async fn start(dir: &Path) -> Self {
-        for _ in 0..5 {
-            if let Some(redis) = Self::try_start(free_port(), dir, &[]).await {
-                return redis;
-            }
-        }
-        panic!("could not start a private redis-server");
-    }
-
-    async fn try_start(port: u16, dir: &Path, extra: &[&str]) -> Option<Self> {
-        let port_arg = port.to_string();
-        let dir_arg = dir.display().to_string();
-        let child = Command::new("redis-server")
-            .args(["--port", &port_arg, "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--dir", &dir_arg])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be on PATH for these tests");
-        let mut redis = Self {
-            child: Some(child),
-            port,
-        };
-        let started = Instant::now();
-        while started.elapsed() < PATIENCE {
-            if let Some(child) = redis.child.as_mut()
-                && child.try_wait().unwrap().is_some()
-            {
-                redis.child = None;
-                return None; // lost the port to someone else
-            }
-            if answers_ping(&redis.url()).await {
-                return Some(redis);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        None
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-struct PrivateCluster {
-    _nodes: Vec<PrivateRedis>,
-    ports: Vec<u16>,
-    _dirs: Vec<tempfile::TempDir>,
-}
-
-impl PrivateCluster {
-    /// Three masters, no replicas, all slots assigned.
-    async fn start() -> Self {
-        let mut nodes = Vec::new();
-        let mut dirs = Vec::new();
-        while nodes.len() < 3 {
-            let dir = tempfile::tempdir().unwrap();
-            let port = free_cluster_port();
-            let conf = dir.path().join("nodes.conf").display().to_string();
-            let extra = ["--cluster-enabled", "yes", "--cluster-config-file", &conf];
-            if let Some(node) = PrivateRedis::try_start(port, dir.path(), &extra).await {
-                nodes.push(node);
-                dirs.push(dir);
-            }
-        }
-        let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
-        let status = Command::new("redis-cli")
-            .args(["--cluster", "create"])
-            .args(ports.iter().map(|p| format!("127.0.0.1:{p}")))
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("redis-cli must be on PATH for these tests");
-        assert!(status.success(), "redis-cli --cluster create failed");
-        for node in &nodes {
-            let started = Instant::now();
-            loop {
-                let ok = match direct_checked(&node.url()).await {
-                    Some(mut conn) => redis::cmd("CLUSTER")
-                        .arg("INFO")
-                        .query_async::<String>(&mut conn)
-                        .await
-                        .is_ok_and(|info| info.contains("cluster_state:ok")),
-                    None => false,
-                };
-                if ok {
-                    break;
-                }
-                assert!(started.elapsed() < PATIENCE, "the cluster never formed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-        Self {
-            _nodes: nodes,
-            ports,
-            _dirs: dirs,
-        }
-    }
-}
-
-async fn direct_checked(url: &str) -> Option<MultiplexedConnection> {
-    redis::Client::open(url)
-        .ok()?
-        .get_multiplexed_async_connection()
-        .await
-        .ok()
 }

@@ -18,7 +18,7 @@
 //! across a Cluster.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -36,6 +36,10 @@ use tollgate::clock::ManualClock;
 use tollgate::settings::Settings;
 use tollgate::store::redis::RedisOptions;
 use tollgate::store::{CounterStore, CounterUpdate, RedisStore, StoreError};
+
+#[path = "support/private_redis.rs"]
+mod private_redis;
+use private_redis::{PrivateRedis, Ready, base_args, free_cluster_port, free_port, split_args};
 
 /// Per-call deadline and connect timeout given to the store under test.
 const DEADLINE: Duration = Duration::from_secs(2);
@@ -186,7 +190,7 @@ async fn config_error(options: RedisOptions) -> String {
 #[tokio::test]
 async fn a_password_in_the_url_authenticates() {
     bounded(async {
-        let redis = PrivateRedis::start(Plain, &["--requirepass", PASSWORD]).await;
+        let redis = SecureRedis::start(Plain, &["--requirepass", PASSWORD]).await;
         let url = format!("redis://:{PASSWORD}@127.0.0.1:{}", redis.port);
         let store = assert_counts(&url).await;
 
@@ -216,7 +220,7 @@ async fn a_password_in_the_url_authenticates() {
 #[tokio::test]
 async fn a_wrong_or_missing_password_fails_cleanly_and_never_shows_the_password() {
     bounded(async {
-        let redis = PrivateRedis::start(Plain, &["--requirepass", PASSWORD]).await;
+        let redis = SecureRedis::start(Plain, &["--requirepass", PASSWORD]).await;
         let port = redis.port;
 
         let wrong = "Wrong-pw-7f3a9c";
@@ -255,7 +259,7 @@ async fn an_acl_user_and_password_authenticate_and_nothing_else_does() {
     bounded(async {
         // `default` is off, so only a named user gets in; `bob`'s password needs
         // percent-encoding in a URL; `carol` may not touch the store's keys.
-        let redis = PrivateRedis::start(
+        let redis = SecureRedis::start(
             Plain,
             &[
                 "--user default off",
@@ -304,7 +308,7 @@ async fn an_acl_user_and_password_authenticate_and_nothing_else_does() {
 #[tokio::test]
 async fn tls_without_verification_works_by_name_and_by_address() {
     bounded(async {
-        let redis = PrivateRedis::start(
+        let redis = SecureRedis::start(
             Tls {
                 client_certs: false,
             },
@@ -335,7 +339,7 @@ async fn tls_without_verification_works_by_name_and_by_address() {
 #[tokio::test]
 async fn tls_and_a_password_together() {
     bounded(async {
-        let redis = PrivateRedis::start(
+        let redis = SecureRedis::start(
             Tls {
                 client_certs: false,
             },
@@ -356,7 +360,7 @@ async fn tls_with_a_certificate_the_store_does_not_trust_fails_cleanly() {
     bounded(async {
         // Signed by a private CA, valid for localhost and 127.0.0.1: correct in every
         // way but trust, and the store is not told to trust that CA.
-        let redis = PrivateRedis::start(
+        let redis = SecureRedis::start(
             Tls {
                 client_certs: false,
             },
@@ -389,7 +393,7 @@ async fn tls_with_a_certificate_the_store_does_not_trust_fails_cleanly() {
 #[tokio::test]
 async fn plain_redis_against_a_tls_port_fails_cleanly() {
     bounded(async {
-        let redis = PrivateRedis::start(
+        let redis = SecureRedis::start(
             Tls {
                 client_certs: false,
             },
@@ -410,7 +414,7 @@ async fn tls_against_a_plain_port_fails_cleanly() {
         // The server reads the ClientHello as the start of an inline command and waits
         // for its end while the client waits for a ServerHello: neither side says no, so
         // this one fails only when the connect timeout runs out, not at once.
-        let redis = PrivateRedis::start(Plain, &[]).await;
+        let redis = SecureRedis::start(Plain, &[]).await;
         let port = redis.port;
         assert_refused(&format!("rediss://localhost:{port}#insecure")).await;
         assert_counts(&format!("redis://127.0.0.1:{port}")).await;
@@ -422,7 +426,7 @@ async fn tls_against_a_plain_port_fails_cleanly() {
 async fn a_server_that_requires_a_client_certificate_refuses_the_store_cleanly() {
     bounded(async {
         // mutual TLS, and the store is given no client certificate to offer.
-        let redis = PrivateRedis::start(Tls { client_certs: true }, &[]).await;
+        let redis = SecureRedis::start(Tls { client_certs: true }, &[]).await;
         let url = format!("rediss://localhost:{}#insecure", redis.port);
         let texts = assert_refused(&url).await;
         // rustls: "received fatal alert: CertificateRequired".
@@ -440,7 +444,7 @@ async fn a_server_that_requires_a_client_certificate_refuses_the_store_cleanly()
 async fn a_private_ca_verifies_the_server_by_name_and_by_address() {
     bounded(async {
         // Also listening on 127.0.0.2, an address its certificate does not name.
-        let redis = PrivateRedis::start(
+        let redis = SecureRedis::start(
             Tls {
                 client_certs: false,
             },
@@ -482,7 +486,7 @@ async fn a_private_ca_verifies_the_server_by_name_and_by_address() {
 #[tokio::test]
 async fn a_wrong_ca_fails_cleanly() {
     bounded(async {
-        let redis = PrivateRedis::start(
+        let redis = SecureRedis::start(
             Tls {
                 client_certs: false,
             },
@@ -519,7 +523,7 @@ async fn a_wrong_ca_fails_cleanly() {
 #[tokio::test]
 async fn a_server_that_requires_a_client_certificate_accepts_one_its_ca_signed() {
     bounded(async {
-        let redis = PrivateRedis::start(Tls { client_certs: true }, &[]).await;
+        let redis = SecureRedis::start(Tls { client_certs: true }, &[]).await;
         let (port, certs) = (redis.port, redis.certs());
         let url = format!("rediss://localhost:{port}");
         let stranger_dir = TempDir::new().unwrap();
@@ -552,9 +556,9 @@ async fn a_server_that_requires_a_client_certificate_accepts_one_its_ca_signed()
 #[tokio::test]
 async fn sentinel_over_verified_mutual_tls_reaches_the_master() {
     bounded(async {
-        let master = PrivateRedis::start(Tls { client_certs: true }, &[]).await;
+        let master = SecureRedis::start(Tls { client_certs: true }, &[]).await;
         let certs = master.certs();
-        let sentinel = PrivateRedis::sentinel(master.port, certs).await;
+        let sentinel = SecureRedis::sentinel(master.port, certs).await;
         let url = format!("rediss+sentinel://localhost:{}/tgmaster", sentinel.port);
 
         // The sentinel is reached by name, the master at the address it reports.
@@ -923,7 +927,7 @@ impl Drop for RunningApp {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_whole_app_over_tls_counts_to_the_limit() {
     bounded(async {
-        let redis = PrivateRedis::start(
+        let redis = SecureRedis::start(
             Tls {
                 client_certs: false,
             },
@@ -978,7 +982,7 @@ async fn a_whole_app_over_tls_counts_to_the_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_whole_app_over_verified_mutual_tls_answers() {
     bounded(async {
-        let redis = PrivateRedis::start(Tls { client_certs: true }, &[]).await;
+        let redis = SecureRedis::start(Tls { client_certs: true }, &[]).await;
         let certs = redis.certs().clone();
         let url = format!("rediss://localhost:{}", redis.port);
         let app = RunningApp::start_with(url.clone(), |settings| {
@@ -1020,7 +1024,7 @@ async fn a_whole_app_over_verified_mutual_tls_answers() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Private Redis servers: started on free ports, killed when dropped.
+// Private Redis servers (tests/support/private_redis.rs), plain or TLS.
 // ---------------------------------------------------------------------------------------
 
 /// How a private server listens.
@@ -1033,26 +1037,6 @@ enum Mode {
     Tls { client_certs: bool },
 }
 use Mode::{Plain, Tls};
-
-/// A port nothing listens on right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A free port whose cluster bus port (+10000) is free too.
-fn free_cluster_port() -> u16 {
-    loop {
-        let port = 20_000 + (free_port() % 20_000);
-        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
-        if free(port) && free(port + 10_000) {
-            return port;
-        }
-    }
-}
 
 /// A direct connection to a private server, for looking behind the store's back.
 async fn direct(url: &str) -> redis::aio::MultiplexedConnection {
@@ -1078,16 +1062,20 @@ async fn connect_direct(client: redis::Client) -> redis::aio::MultiplexedConnect
         .expect("a direct connection")
 }
 
-struct PrivateRedis {
-    child: Child,
+/// A private server as these tests need it (tests/support/private_redis.rs starts and
+/// kills it): plain or TLS, in a directory of its own that holds its log and, unless they
+/// were given, its certificates.
+struct SecureRedis {
+    /// Killed first, when dropped.
+    _redis: PrivateRedis,
     port: u16,
     /// The TLS files it uses, when it speaks TLS.
     certs: Option<Certs>,
-    /// Working directory, log and certificates; removed when dropped (after the kill).
+    /// Working directory, log and certificates; removed after the kill.
     _dir: TempDir,
 }
 
-impl PrivateRedis {
+impl SecureRedis {
     /// Starts a server on a free port; `extra` are more options, split at whitespace
     /// (`"--user alice on >pw ~* +@all"`).
     async fn start(mode: Mode, extra: &[&str]) -> Self {
@@ -1126,18 +1114,8 @@ impl PrivateRedis {
     ) -> Result<Self, String> {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("redis.log");
-        let mut args: Vec<String> = vec![
-            "--bind".into(),
-            "127.0.0.1".into(),
-            "--save".into(),
-            String::new(),
-            "--appendonly".into(),
-            "no".into(),
-            "--dir".into(),
-            dir.path().display().to_string(),
-            "--logfile".into(),
-            log.display().to_string(),
-        ];
+        let mut args = base_args(dir.path());
+        args.extend(["--logfile".into(), log.display().to_string()]);
         let mut used = None;
         match mode {
             Plain => args.extend(["--port".into(), port.to_string()]),
@@ -1165,12 +1143,7 @@ impl PrivateRedis {
                 used = Some(certs);
             }
         }
-        args.extend(
-            extra
-                .iter()
-                .flat_map(|s| s.split_whitespace())
-                .map(str::to_owned),
-        );
+        args.extend(split_args(extra));
         Self::launch(args, port, used, dir, &log, "Ready to accept connections").await
     }
 
@@ -1222,48 +1195,20 @@ impl PrivateRedis {
         log: &Path,
         ready: &str,
     ) -> Result<Self, String> {
-        let child = Command::new("redis-server")
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be on PATH for these tests");
-        let mut redis = Self {
-            child,
+        let redis = PrivateRedis::launch(args, port, Ready::Logged { log, text: ready }).await?;
+        Ok(Self {
+            _redis: redis,
             port,
             certs,
             _dir: dir,
-        };
-        let started = Instant::now();
-        loop {
-            let text = std::fs::read_to_string(log).unwrap_or_default();
-            if redis.child.try_wait().unwrap().is_some() {
-                return Err(text); // dropping `redis` cleans up
-            }
-            if text.contains(ready) {
-                return Ok(redis);
-            }
-            if started.elapsed() > PATIENCE {
-                return Err(format!("not ready after {PATIENCE:?}:\n{text}"));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // `_dir` is removed after this, once the server is gone.
+        })
     }
 }
 
 /// Three TLS-only masters, no replicas, all slots assigned, the cluster bus over TLS,
 /// client certificates demanded; one CA for all.
 struct TlsCluster {
-    _nodes: Vec<PrivateRedis>,
+    _nodes: Vec<SecureRedis>,
     ports: Vec<u16>,
     certs: Certs,
     _dir: TempDir,
@@ -1281,7 +1226,7 @@ impl TlsCluster {
                 "--tls-cluster yes",
             ];
             nodes.push(
-                PrivateRedis::start_with(
+                SecureRedis::start_with(
                     Tls { client_certs: true },
                     Some(&certs),
                     free_cluster_port,

@@ -10,8 +10,6 @@
 //! Sentinel or Cluster, start private `redis-server` processes on free ports and kill
 //! only those.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -23,6 +21,10 @@ use tollgate::store::redis::RedisOptions;
 use tollgate::store::{
     CounterKind, CounterStore, CounterUpdate, MemoryStore, RedisStore, StoreError,
 };
+
+#[path = "support/private_redis.rs"]
+mod private_redis;
+use private_redis::{PrivateCluster, PrivateRedis, Ready, free_port};
 
 /// Generous: the machine is shared with builds, and these tests are about behaviour.
 const DEADLINE: Duration = Duration::from_secs(5);
@@ -1728,15 +1730,7 @@ async fn role(url: &str) -> Option<String> {
 #[tokio::test]
 async fn redis_cluster_batch_spanning_two_slots_applies_both_groups_in_order() {
     let cluster = PrivateCluster::start().await;
-    let url = format!(
-        "redis+cluster://{}",
-        cluster
-            .ports
-            .iter()
-            .map(|p| format!("127.0.0.1:{p}"))
-            .collect::<Vec<_>>()
-            .join(",")
-    );
+    let url = cluster.url();
     let store = RedisStore::connect(&url, DEADLINE).await.unwrap();
     let store = &store;
     eventually("the cluster store to answer", || async move {
@@ -1809,135 +1803,8 @@ async fn redis_cluster_batch_spanning_two_slots_applies_both_groups_in_order() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Private Redis servers: started on free ports, killed when dropped.
+// Private Redis servers (tests/support/private_redis.rs), and what only these tests need.
 // ---------------------------------------------------------------------------------------
-
-/// A port nothing listens on right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A free port whose cluster bus port (+10000) is free too.
-fn free_cluster_port() -> u16 {
-    loop {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let port = 20_000 + (nanos % 20_000) as u16;
-        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
-        if free(port) && free(port + 10_000) {
-            return port;
-        }
-    }
-}
-
-async fn answers_ping(url: &str) -> bool {
-    let Ok(client) = redis::Client::open(url) else {
-        return false;
-    };
-    let Ok(Ok(mut conn)) = tokio::time::timeout(
-        Duration::from_secs(1),
-        client.get_multiplexed_async_connection(),
-    )
-    .await
-    else {
-        return false;
-    };
-    redis::cmd("PING")
-        .query_async::<String>(&mut conn)
-        .await
-        .is_ok()
-}
-
-struct PrivateRedis {
-    child: Option<Child>,
-    port: u16,
-}
-
-impl PrivateRedis {
-    /// Starts `redis-server` on a free port with no persistence.
-    async fn start(dir: &Path, extra: &[&str]) -> Self {
-        for _ in 0..5 {
-            let port = free_port();
-            if let Some(redis) = Self::try_start(port, dir, extra).await {
-                return redis;
-            }
-        }
-        panic!("could not start a private redis-server");
-    }
-
-    /// Starts `redis-server` on `port`, which must be free.
-    async fn start_on(port: u16, dir: &Path, extra: &[&str]) -> Self {
-        Self::try_start(port, dir, extra)
-            .await
-            .unwrap_or_else(|| panic!("could not start a private redis-server on {port}"))
-    }
-
-    async fn try_start(port: u16, dir: &Path, extra: &[&str]) -> Option<Self> {
-        let mut args = vec![
-            "--port".to_owned(),
-            port.to_string(),
-            "--bind".to_owned(),
-            "127.0.0.1".to_owned(),
-            "--save".to_owned(),
-            String::new(),
-            "--appendonly".to_owned(),
-            "no".to_owned(),
-            "--dir".to_owned(),
-            dir.display().to_string(),
-        ];
-        for arg in extra {
-            // `--replicaof "host port"` takes both words as one argument.
-            args.extend(arg.split(' ').map(str::to_owned));
-        }
-        let child = Command::new("redis-server")
-            .args(&args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be on PATH for these tests");
-        let mut redis = Self {
-            child: Some(child),
-            port,
-        };
-        let started = Instant::now();
-        while started.elapsed() < PATIENCE {
-            if let Some(child) = redis.child.as_mut()
-                && child.try_wait().unwrap().is_some()
-            {
-                redis.child = None;
-                return None; // lost the port to someone else
-            }
-            if answers_ping(&redis.url()).await {
-                return Some(redis);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        None
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 /// A TCP proxy to a private Redis that can go silent on the connections it holds, the
 /// way a dropped NAT entry or a frozen host looks from the client: open, but mute.
@@ -2002,6 +1869,7 @@ impl FreezingProxy {
     }
 }
 
+/// A plain sentinel; its directory (config and state) is removed after the kill.
 struct PrivateSentinel {
     _redis: PrivateRedis,
     port: u16,
@@ -2026,27 +1894,13 @@ impl PrivateSentinel {
                 ),
             )
             .unwrap();
-            let child = Command::new("redis-server")
-                .arg(&conf)
-                .arg("--sentinel")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server must be on PATH for these tests");
-            let redis = PrivateRedis {
-                child: Some(child),
-                port,
-            };
-            let started = Instant::now();
-            while started.elapsed() < PATIENCE {
-                if answers_ping(&redis.url()).await {
-                    return Self {
-                        _redis: redis,
-                        port,
-                        _dir: dir,
-                    };
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            let args = vec![conf.display().to_string(), "--sentinel".to_owned()];
+            if let Ok(redis) = PrivateRedis::launch(args, port, Ready::Ping).await {
+                return Self {
+                    _redis: redis,
+                    port,
+                    _dir: dir,
+                };
             }
         }
         panic!("could not start a private sentinel");
@@ -2054,64 +1908,6 @@ impl PrivateSentinel {
 
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-struct PrivateCluster {
-    _nodes: Vec<PrivateRedis>,
-    ports: Vec<u16>,
-    _dirs: Vec<tempfile::TempDir>,
-}
-
-impl PrivateCluster {
-    /// Three masters, no replicas, all slots assigned.
-    async fn start() -> Self {
-        let mut nodes = Vec::new();
-        let mut dirs = Vec::new();
-        while nodes.len() < 3 {
-            let dir = tempfile::tempdir().unwrap();
-            let port = free_cluster_port();
-            let conf = dir.path().join("nodes.conf");
-            let conf = conf.display().to_string();
-            let extra = ["--cluster-enabled", "yes", "--cluster-config-file", &conf];
-            if let Some(node) = PrivateRedis::try_start(port, dir.path(), &extra).await {
-                nodes.push(node);
-                dirs.push(dir);
-            }
-        }
-        let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
-        let status = Command::new("redis-cli")
-            .args(["--cluster", "create"])
-            .args(ports.iter().map(|p| format!("127.0.0.1:{p}")))
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("redis-cli must be on PATH for these tests");
-        assert!(status.success(), "redis-cli --cluster create failed");
-        for node in &nodes {
-            let url = node.url();
-            let url = url.as_str();
-            eventually("the cluster to be ok", || async move {
-                let Ok(client) = redis::Client::open(url) else {
-                    return false;
-                };
-                let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
-                    return false;
-                };
-                redis::cmd("CLUSTER")
-                    .arg("INFO")
-                    .query_async::<String>(&mut conn)
-                    .await
-                    .is_ok_and(|info| info.contains("cluster_state:ok"))
-            })
-            .await;
-        }
-        Self {
-            _nodes: nodes,
-            ports,
-            _dirs: dirs,
-        }
     }
 }
 

@@ -265,7 +265,7 @@ async fn check_only_overshoot_is_bounded_by_the_usage_in_flight_on_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_flush_mid_period_rebuilds_balances_from_the_ledger() {
     let dir = tempfile::tempdir().unwrap();
-    let redis = PrivateRedis::start(dir.path()).await;
+    let redis = PrivateRedis::start(dir.path(), &[]).await;
     let app = on_redis(&redis.url()).await;
     llm_tenant(&app).await;
     hourly_tokens(&app, 10_000).await;

@@ -10,6 +10,7 @@ mod helpers;
 mod ledger_writer;
 mod prices;
 mod private_postgres;
+#[path = "../support/private_redis.rs"]
 mod private_redis;
 mod propagation;
 mod quota_requests;
