@@ -9,6 +9,7 @@ mod drift;
 mod helpers;
 mod ledger_writer;
 mod prices;
+#[path = "../support/private_postgres.rs"]
 mod private_postgres;
 #[path = "../support/private_redis.rs"]
 mod private_redis;

@@ -1,5 +1,5 @@
 //! A PostgreSQL server owned by one test, so the test may stop and restart it (the shared
-//! server of `helpers` must stay up for every other test).
+//! server the other tests make their databases on must stay up for them).
 //!
 //! `initdb` into a temporary directory, then `pg_ctl start` on a free loopback port with the
 //! socket in the same directory. PostgreSQL refuses to run as root, so when the tests run
@@ -8,8 +8,9 @@
 //! `/usr/lib/postgresql/*/bin` (Debian's layout), else `pg_config --bindir`'s, else `PATH`'s.
 //! The server is stopped when the value is dropped.
 //!
-//! Self-contained (std and `tempfile` only), so another test crate can include it with
-//! `#[path = "admin/private_postgres.rs"] mod private_postgres;`.
+//! Self-contained (std and `tempfile` only): a test crate includes it with
+//! `#[path = "support/private_postgres.rs"] mod private_postgres;` (from
+//! `tests/admin/main.rs`, `#[path = "../support/private_postgres.rs"]`).
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
