@@ -47,7 +47,10 @@ use tollgate::settings::Settings;
 
 #[path = "support/envoy.rs"]
 mod envoy;
+#[path = "support/test_db.rs"]
+mod test_db;
 use envoy::{Envoy, envoy_binary, header, http_client, loopback_port_0, stat};
+use test_db::{Db, TestDb};
 
 /// The Envoy bootstrap template (placeholders in double braces).
 const ENVOY_CONFIG: &str = include_str!("envoy/ai-gateway.yaml");
@@ -113,6 +116,16 @@ enum Backend {
     RedisPostgres,
     /// The memory store and a SQLite file.
     MemorySqlite,
+}
+
+impl Backend {
+    /// Its ledger database.
+    fn db(self) -> Db {
+        match self {
+            Backend::RedisPostgres => Db::Postgres,
+            Backend::MemorySqlite => Db::Sqlite,
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -547,7 +560,7 @@ struct Tollgate {
 
 impl Tollgate {
     async fn start(backend: Backend) -> Tollgate {
-        let database = TestDb::create(backend).await;
+        let database = TestDb::create(backend.db()).await;
         let rules = TempDir::new().expect("a temporary directory");
         std::fs::write(rules.path().join("ai-gateway.yaml"), RULES).expect("rules written");
         let store = match backend {
@@ -747,21 +760,6 @@ impl Drop for Tollgate {
     }
 }
 
-/// A ledger database for one test: a new PostgreSQL database on the shared server (dropped
-/// afterwards) or a SQLite file in a temporary directory.
-struct TestDb {
-    url: String,
-    /// The PostgreSQL database's name.
-    name: Option<String>,
-    _dir: TempDir,
-}
-
-/// The shared PostgreSQL server's maintenance database.
-fn postgres_admin_url() -> String {
-    std::env::var("TOLLGATE_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
 /// The shared Redis (each test uses its own key prefix).
 fn redis_url() -> String {
     std::env::var("TOLLGATE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
@@ -779,61 +777,6 @@ fn unique_prefix() -> String {
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
-}
-
-impl TestDb {
-    async fn create(backend: Backend) -> TestDb {
-        let dir = TempDir::new().expect("a temporary directory");
-        match backend {
-            Backend::MemorySqlite => TestDb {
-                url: format!("sqlite://{}", dir.path().join("ledger.db").display()),
-                name: None,
-                _dir: dir,
-            },
-            Backend::RedisPostgres => {
-                let name = format!("tollgate_e2e_{}", uuid::Uuid::now_v7().simple());
-                let admin = postgres_admin_url();
-                sqlx::any::install_default_drivers();
-                let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin)
-                    .await
-                    .expect("the test PostgreSQL server is reachable");
-                sqlx::query(&format!("CREATE DATABASE {name}"))
-                    .execute(&mut conn)
-                    .await
-                    .expect("a test database");
-                let base = admin.rsplit_once('/').map(|(b, _)| b).expect("a URL path");
-                TestDb {
-                    url: format!("{base}/{name}"),
-                    name: Some(name),
-                    _dir: dir,
-                }
-            }
-        }
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let Some(name) = self.name.take() else { return };
-        // Best effort, off the test's runtime: the name is unique, so a leftover is harmless.
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime");
-            runtime.block_on(async {
-                if let Ok(mut conn) =
-                    <sqlx::AnyConnection as sqlx::Connection>::connect(&postgres_admin_url()).await
-                {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .execute(&mut conn)
-                        .await;
-                }
-            });
-        })
-        .join()
-        .ok();
-    }
 }
 
 /// One request the fake model answered.

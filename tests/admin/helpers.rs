@@ -1,5 +1,6 @@
-//! A whole tollgate per test, on a fresh ledger database: a new PostgreSQL database on
-//! the shared server (dropped afterwards) or a new SQLite file, with an admin token.
+//! A whole tollgate per test, on a fresh ledger database (tests/support/test_db.rs): a new
+//! PostgreSQL database on the shared server (dropped afterwards) or a new SQLite file, with
+//! an admin token.
 
 use std::sync::Arc;
 
@@ -17,6 +18,8 @@ use tollgate::ledger::Ledger;
 use tollgate::settings::Settings;
 use tonic::transport::Channel;
 
+pub use crate::test_db::{Db, TestDb};
+
 /// The domain of the test rules: a quota domain (`quota: {}`) with one ordinary rule.
 pub const DOMAIN: &str = "ai-gateway";
 
@@ -25,81 +28,6 @@ pub const START_SECS: u64 = 1_795_305_600;
 
 /// The admin secret every test app starts with.
 pub const ADMIN: &str = "tg_test_admin_secret_0123456789abcdef0123456789";
-
-/// Which ledger database a test runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Db {
-    Postgres,
-    Sqlite,
-}
-
-/// The shared PostgreSQL server's maintenance database.
-fn postgres_admin_url() -> String {
-    std::env::var("TOLLGATE_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-/// A database that exists for one test.
-pub struct TestDb {
-    pub url: String,
-    name: Option<String>,
-    _dir: TempDir,
-}
-
-impl TestDb {
-    pub async fn create(db: Db) -> TestDb {
-        let dir = TempDir::new().unwrap();
-        match db {
-            Db::Sqlite => TestDb {
-                url: format!("sqlite://{}", dir.path().join("ledger.db").display()),
-                name: None,
-                _dir: dir,
-            },
-            Db::Postgres => {
-                let name = format!("tollgate_t_{}", uuid::Uuid::now_v7().simple());
-                let admin = postgres_admin_url();
-                sqlx::any::install_default_drivers();
-                let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin)
-                    .await
-                    .expect("the test PostgreSQL server is reachable");
-                sqlx::query(&format!("CREATE DATABASE {name}"))
-                    .execute(&mut conn)
-                    .await
-                    .unwrap();
-                let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap();
-                TestDb {
-                    url: format!("{base}/{name}"),
-                    name: Some(name),
-                    _dir: dir,
-                }
-            }
-        }
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let Some(name) = self.name.take() else { return };
-        // Best effort, off the test's runtime: the database is unique, so a leftover is harmless.
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                if let Ok(mut conn) =
-                    <sqlx::AnyConnection as sqlx::Connection>::connect(&postgres_admin_url()).await
-                {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .execute(&mut conn)
-                        .await;
-                }
-            });
-        })
-        .join()
-        .ok();
-    }
-}
 
 /// A running app with an admin client.
 pub struct AdminApp {

@@ -17,4 +17,6 @@ mod propagation;
 mod quota_requests;
 mod reports;
 mod tenants;
+#[path = "../support/test_db.rs"]
+mod test_db;
 mod usage;
