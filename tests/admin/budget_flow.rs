@@ -11,7 +11,6 @@ use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitResponse;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use serde_json::{Value, json};
 use tollgate::ledger::Ledger;
-use tollgate::ledger::tenants::{self, TenantStatus};
 
 use crate::helpers::*;
 use crate::on_both_databases;
@@ -23,16 +22,7 @@ const MODEL: &str = "claude-sonnet";
 /// Active tenant `acme` (USD, Europe/Berlin) with `claude-sonnet` granted and the worked
 /// example's prices in force since the epoch.
 async fn llm_tenant(app: &AdminApp) {
-    app.tenant("acme").await;
-    app.ledger
-        .set_tenant_status("test", "acme", &[TenantStatus::Pending], TenantStatus::Active)
-        .await
-        .unwrap();
-    let mut tx = app.ledger.begin().await.unwrap();
-    tenants::grant_model_in(&mut tx, app.ledger.now_ms(), "test", "acme", MODEL)
-        .await
-        .unwrap();
-    app.ledger.commit_change(tx).await.unwrap();
+    app.active_tenant("acme", &[MODEL]).await;
     for (token_type, price) in [("input", "3.00"), ("output", "15.00")] {
         price_from(app, token_type, price, 0).await;
     }
@@ -80,13 +70,23 @@ async fn guard(app: &AdminApp, reservation: Option<(&str, u64)>) -> RateLimitRes
 
 /// Stream done: `input` and `output` tokens used by `request_id`.
 async fn settle(app: &AdminApp, request_id: &str, input: u64, output: u64) {
-    let base = [("tenant_id", "acme"), ("model", MODEL), ("request_id", request_id)];
+    let base = [
+        ("tenant_id", "acme"),
+        ("model", MODEL),
+        ("request_id", request_id),
+    ];
     let input_entries = [base.as_slice(), &[("token_type", "input")]].concat();
     let output_entries = [base.as_slice(), &[("token_type", "output")]].concat();
     let answer = app
-        .decide_with(&[(&input_entries, Some(input)), (&output_entries, Some(output))])
+        .decide_with(&[
+            (&input_entries, Some(input)),
+            (&output_entries, Some(output)),
+        ])
         .await;
-    assert!(ok(&answer), "Envoy ignores it, but it must not fail: {answer:?}");
+    assert!(
+        ok(&answer),
+        "Envoy ignores it, but it must not fail: {answer:?}"
+    );
 }
 
 fn ok(response: &RateLimitResponse) -> bool {

@@ -8,7 +8,6 @@ use std::process::Command;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
-use tollgate::ledger::tenants::{self, TenantStatus};
 
 use crate::helpers::*;
 use crate::on_both_databases;
@@ -20,21 +19,7 @@ const MODEL: &str = "claude-sonnet";
 /// tokens (soft), acme's hourly requests to the model (soft) and a global monthly cost
 /// (soft).
 async fn setup(app: &AdminApp) {
-    app.tenant("acme").await;
-    app.ledger
-        .set_tenant_status(
-            "test",
-            "acme",
-            &[TenantStatus::Pending],
-            TenantStatus::Active,
-        )
-        .await
-        .unwrap();
-    let mut tx = app.ledger.begin().await.unwrap();
-    tenants::grant_model_in(&mut tx, app.ledger.now_ms(), "test", "acme", MODEL)
-        .await
-        .unwrap();
-    app.ledger.commit_change(tx).await.unwrap();
+    app.active_tenant("acme", &[MODEL]).await;
     for (token_type, price) in [("input", "3.00"), ("output", "15.00")] {
         let body = json!({"model": MODEL, "token_type": token_type, "currency": "USD",
             "price_per_million": price, "effective_from": 0});

@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 use tollgate::app::App;
 use tollgate::clock::ManualClock;
 use tollgate::ledger::Ledger;
+use tollgate::ledger::tenants::{self, TenantStatus};
 use tollgate::settings::Settings;
 use tonic::transport::Channel;
 
@@ -28,6 +29,9 @@ pub const START_SECS: u64 = 1_795_305_600;
 
 /// The admin secret every test app starts with.
 pub const ADMIN: &str = "tg_test_admin_secret_0123456789abcdef0123456789";
+
+/// A descriptor's entries and its own `hits_addend`, when it has one.
+pub type WithAddend<'a> = (&'a [(&'a str, &'a str)], Option<u64>);
 
 /// A running app with an admin client.
 pub struct AdminApp {
@@ -221,17 +225,14 @@ impl AdminApp {
 
     /// Calls `ShouldRateLimit` in [`DOMAIN`] with one descriptor per entry list.
     pub async fn decide(&self, descriptors: &[&[(&str, &str)]]) -> RateLimitResponse {
-        let plain: Vec<(&[(&str, &str)], Option<u64>)> =
+        let plain: Vec<WithAddend<'_>> =
             descriptors.iter().map(|entries| (*entries, None)).collect();
         self.decide_with(&plain).await
     }
 
     /// Calls `ShouldRateLimit` in [`DOMAIN`] with one descriptor per entry list, each with
     /// its own `hits_addend` when given (0 checks only; usage carries its token count).
-    pub async fn decide_with(
-        &self,
-        descriptors: &[(&[(&str, &str)], Option<u64>)],
-    ) -> RateLimitResponse {
+    pub async fn decide_with(&self, descriptors: &[WithAddend<'_>]) -> RateLimitResponse {
         let request = RateLimitRequest {
             domain: DOMAIN.into(),
             descriptors: descriptors
@@ -244,7 +245,8 @@ impl AdminApp {
                             value: (*v).into(),
                         })
                         .collect(),
-                    hits_addend: addend.map(|value| envoy_types::pb::google::protobuf::UInt64Value { value }),
+                    hits_addend: addend
+                        .map(|value| envoy_types::pb::google::protobuf::UInt64Value { value }),
                     ..RateLimitDescriptor::default()
                 })
                 .collect(),
@@ -263,6 +265,33 @@ impl AdminApp {
         let body = serde_json::json!({"id": id, "name": format!("{id} Inc."), "currency": "USD", "timezone": "Europe/Berlin", "cost_centre": "R&D-42"});
         self.post("/tenants", ADMIN, body).await.expect(201).body
     }
+
+    /// Creates tenant `id` with defaults, activates it and grants it `models` in this
+    /// app's ledger, as approved requests would.
+    pub async fn active_tenant(&self, id: &str, models: &[&str]) {
+        self.tenant(id).await;
+        activate(&self.ledger, id).await;
+        for model in models {
+            grant(&self.ledger, id, model).await;
+        }
+    }
+}
+
+/// Activates the pending tenant `id` in `ledger`, as an approved request would.
+pub async fn activate(ledger: &Ledger, id: &str) {
+    ledger
+        .set_tenant_status("test", id, &[TenantStatus::Pending], TenantStatus::Active)
+        .await
+        .unwrap();
+}
+
+/// Grants tenant `id` the use of `model` in `ledger`, as an approved request would.
+pub async fn grant(ledger: &Ledger, id: &str, model: &str) {
+    let mut tx = ledger.begin().await.unwrap();
+    tenants::grant_model_in(&mut tx, ledger.now_ms(), "test", id, model)
+        .await
+        .unwrap();
+    ledger.commit_change(tx).await.unwrap();
 }
 
 /// Runs an async test body once per ledger backend.

@@ -14,7 +14,6 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 use tollgate::clock::SystemClock;
 use tollgate::ledger::Ledger;
-use tollgate::ledger::tenants::{self, TenantStatus};
 use tollgate::limiter::{self, Descriptor, Limiter, LimiterOptions, Request};
 use tollgate::policy;
 use tollgate::rules::load::{LoadOptions, compile};
@@ -106,14 +105,6 @@ async fn other_ledger(app: &AdminApp) -> Ledger {
         .unwrap()
 }
 
-async fn grant(ledger: &Ledger, model: &str) {
-    let mut tx = ledger.begin().await.unwrap();
-    tenants::grant_model_in(&mut tx, ledger.now_ms(), "test", "acme", model)
-        .await
-        .unwrap();
-    ledger.commit_change(tx).await.unwrap();
-}
-
 #[tokio::test]
 async fn postgres_changes_reach_the_other_replica_within_a_second() {
     let a = spawn(Db::Postgres).await;
@@ -128,15 +119,7 @@ async fn postgres_changes_reach_the_other_replica_within_a_second() {
 
     // Activated in the ledger by a third party (as an approval will): both allow it.
     let ledger = other_ledger(&a).await;
-    ledger
-        .set_tenant_status(
-            "test",
-            "acme",
-            &[TenantStatus::Pending],
-            TenantStatus::Active,
-        )
-        .await
-        .unwrap();
+    activate(&ledger, "acme").await;
     eventually(&b, ACME, &Verdict::Ok, SECOND).await;
     eventually(&a, ACME, &Verdict::Ok, SECOND).await;
 
@@ -149,7 +132,7 @@ async fn postgres_changes_reach_the_other_replica_within_a_second() {
         verdict(&b, ACME_SONNET).await,
         not_approved("claude-sonnet")
     );
-    grant(&ledger, "claude-sonnet").await;
+    grant(&ledger, "acme", "claude-sonnet").await;
     eventually(&b, ACME_SONNET, &Verdict::Ok, SECOND).await;
     eventually(&a, ACME_SONNET, &Verdict::Ok, SECOND).await;
 
@@ -174,10 +157,10 @@ on_both_databases! {
         assert_eq!(verdict(&app, ACME).await, not_active("unknown"));
         app.tenant("acme").await;
         assert_eq!(verdict(&app, ACME).await, not_active("pending"));
-        app.ledger.set_tenant_status("test", "acme", &[TenantStatus::Pending], TenantStatus::Active).await.unwrap();
+        activate(&app.ledger, "acme").await;
         assert_eq!(verdict(&app, ACME).await, Verdict::Ok);
         assert_eq!(verdict(&app, ACME_SONNET).await, not_approved("claude-sonnet"));
-        grant(&app.ledger, "claude-sonnet").await;
+        grant(&app.ledger, "acme", "claude-sonnet").await;
         assert_eq!(verdict(&app, ACME_SONNET).await, Verdict::Ok);
         assert_eq!(verdict(&app, &[("tenant_id", "acme"), ("model", "claude-opus")]).await, not_approved("claude-opus"));
         app.post("/tenants/acme/suspend", ADMIN, json!({})).await.expect(200);
@@ -216,8 +199,7 @@ on_both_databases! {
         };
         assert_eq!(decide(ACME).await.0, limiter::Code::OverLimit);
 
-        app.tenant("acme").await;
-        app.ledger.set_tenant_status("test", "acme", &[TenantStatus::Pending], TenantStatus::Active).await.unwrap();
+        app.active_tenant("acme", &[]).await;
         assert_eq!(verdict(&app, ACME).await, Verdict::Ok, "the writing replica has it at once");
         // Only a resync can tell the deaf replica: within two periods it does.
         let started = Instant::now();

@@ -20,15 +20,7 @@ async fn active_acme(app: &AdminApp, plan: Value) {
     app.patch("/tenants/acme", ADMIN, json!({"plan": plan}))
         .await
         .expect(200);
-    app.ledger
-        .set_tenant_status(
-            "test",
-            "acme",
-            &[TenantStatus::Pending],
-            TenantStatus::Active,
-        )
-        .await
-        .unwrap();
+    activate(&app.ledger, "acme").await;
 }
 
 /// A session-scope request budget of acme.
@@ -85,8 +77,7 @@ on_both_databases! {
         app.clock.advance(Duration::from_secs(30));
         assert!(ok(&app.decide(&[&[("tenant_id", "acme")]]).await));
         // Another tenant's counters are its own.
-        app.tenant("beta").await;
-        app.ledger.set_tenant_status("test", "beta", &[TenantStatus::Pending], TenantStatus::Active).await.unwrap();
+        app.active_tenant("beta", &[]).await;
         assert!(ok(&app.decide(&[&[("tenant_id", "beta")]]).await));
     }
 
