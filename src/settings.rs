@@ -408,6 +408,8 @@ impl fmt::Debug for Settings {
 }
 
 #[cfg(test)]
+// figment::Jail returns its large error type by design.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 

@@ -1001,7 +1001,10 @@ mod tests {
         }
     }
 
-    async fn call(limiter: &Limiter, descriptors: &[(&[(&str, &str)], Option<u64>)]) -> Decision {
+    /// A descriptor's entries and its own `hits_addend`.
+    type WithAddend<'a> = (&'a [(&'a str, &'a str)], Option<u64>);
+
+    async fn call(limiter: &Limiter, descriptors: &[WithAddend<'_>]) -> Decision {
         let request = Request {
             domain: "ai-gateway",
             descriptors: descriptors

@@ -377,8 +377,7 @@ impl Limiter {
                 if usage.is_empty() {
                     Ok(())
                 } else {
-                    Box::pin(self.settle(snapshot, request.domain, usage, now.secs, now_ms))
-                        .await
+                    Box::pin(self.settle(snapshot, request.domain, usage, now.secs, now_ms)).await
                 }
             },
         );
@@ -433,7 +432,9 @@ impl Limiter {
                     _ => status,
                 };
                 match guarded.iter().find(|(index, _)| *index == i) {
-                    Some((_, Guarded::Refused { name, limit, body })) if status.code == Code::Ok => {
+                    Some((_, Guarded::Refused { name, limit, body }))
+                        if status.code == Code::Ok =>
+                    {
                         explanation.get_or_insert_with(|| (body.clone(), true));
                         Status {
                             code: Code::OverLimit,

@@ -130,11 +130,9 @@ impl PriceBook {
     pub fn at(&self, model: &str, token_type: &str, currency: &str, at_ms: i64) -> Option<i64> {
         // A borrowed key would need a custom Borrow impl; the copy is off the hot path
         // (settlements only).
-        let list = self.versions.get(&(
-            model.to_owned(),
-            token_type.to_owned(),
-            currency.to_owned(),
-        ))?;
+        let list =
+            self.versions
+                .get(&(model.to_owned(), token_type.to_owned(), currency.to_owned()))?;
         let in_force = list.partition_point(|&(_, from)| from <= at_ms);
         in_force.checked_sub(1).map(|i| list[i].0)
     }
@@ -393,7 +391,11 @@ impl TenantPolicy {
                 .collect()
         };
         let session_requests = of(Scope::Session, Measure::Requests);
-        let spend = budgets.iter().filter(|b| b.measures_spend()).cloned().collect();
+        let spend = budgets
+            .iter()
+            .filter(|b| b.measures_spend())
+            .cloned()
+            .collect();
         let plan_limits = tenant
             .plan
             .requests

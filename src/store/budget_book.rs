@@ -31,7 +31,10 @@ struct Reservation {
 pub enum Outbox {
     File(FileOutbox),
     /// Not durable: for stores in tests that do not need the ledger path.
-    Memory { next: u64, queue: VecDeque<OutboxEntry> },
+    Memory {
+        next: u64,
+        queue: VecDeque<OutboxEntry>,
+    },
 }
 
 /// Every budget counter, marker, reservation and pending event of a memory store.
@@ -175,7 +178,9 @@ impl BudgetBook {
         match &mut self.outbox {
             Outbox::File(file) => file.ack(id).map_err(outbox_error),
             Outbox::Memory { queue, .. } => {
-                let id: u64 = id.parse().map_err(|_| outbox_error(format!("bad id {id}")))?;
+                let id: u64 = id
+                    .parse()
+                    .map_err(|_| outbox_error(format!("bad id {id}")))?;
                 while queue
                     .front()
                     .is_some_and(|e| e.id.parse::<u64>().is_ok_and(|n| n <= id))

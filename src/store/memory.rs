@@ -86,7 +86,8 @@ impl MemoryStore {
     pub fn sweep(&self) {
         let now = self.clock.now_secs();
         self.slots.retain(|_, slot| slot.expires_at > now);
-        self.book().forget_expired(self.clock.now_nanos() / 1_000_000);
+        self.book()
+            .forget_expired(self.clock.now_nanos() / 1_000_000);
     }
 
     /// Number of counters held, expired or not (for tests and the memory report).

@@ -77,7 +77,11 @@ impl FileOutbox {
         let mut line = Vec::with_capacity(event.len() + 1);
         line.extend_from_slice(event.as_bytes());
         line.push(b'\n');
-        if let Err(e) = self.file.write_all(&line).and_then(|()| self.file.sync_data()) {
+        if let Err(e) = self
+            .file
+            .write_all(&line)
+            .and_then(|()| self.file.sync_data())
+        {
             // Cut a partial line off, so the file stays one event per line.
             let _ = self.file.set_len(self.len);
             return Err(e);
