@@ -85,6 +85,10 @@ impl Default for LimiterOptions {
     }
 }
 
+/// The policy budget steps see outside quota domains (where they never run).
+static NO_POLICY: std::sync::LazyLock<policy::Policy> =
+    std::sync::LazyLock::new(policy::Policy::default);
+
 /// Reservation lifetime unless configured: longer than any sane model response.
 pub const DEFAULT_RESERVATION_TTL: Duration = Duration::from_secs(15 * 60);
 /// How long settled request ids are remembered unless configured: a week.
@@ -123,11 +127,37 @@ enum Applied<'r> {
 }
 
 struct Limited<'r> {
-    /// The node's limits, in config order (owned for overrides and runtime metrics).
-    limits: Vec<Cow<'r, Limit>>,
+    /// The limits in force, in config order.
+    limits: Limits<'r>,
     node: Option<&'r Node>,
-    /// The entries the counters are keyed by (wildcard values folded by `share_threshold`).
-    key_entries: Vec<(&'r str, &'r str)>,
+    /// The entries the counters are keyed by: the descriptor's own, unless
+    /// `share_threshold` folds a wildcard's values into its pattern.
+    key_entries: Cow<'r, [(&'r str, &'r str)]>,
+}
+
+/// A descriptor's limits: borrowed from its node (the common case, nothing copied per
+/// call), or a list of their own for a request's override, statistics with request
+/// values in their names, or what `replaces` left.
+enum Limits<'r> {
+    Node(&'r [Arc<Limit>]),
+    Owned(Vec<Cow<'r, Limit>>),
+}
+
+impl Limits<'_> {
+    fn iter(&self) -> impl Iterator<Item = &Limit> {
+        let (node, owned): (&[Arc<Limit>], &[Cow<'_, Limit>]) = match self {
+            Limits::Node(limits) => (limits, &[]),
+            Limits::Owned(limits) => (&[], limits),
+        };
+        node.iter().map(|l| &**l).chain(owned.iter().map(|l| &**l))
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Limits::Node(limits) => limits.len(),
+            Limits::Owned(limits) => limits.len(),
+        }
+    }
 }
 
 impl<'r> Applied<'r> {
@@ -166,6 +196,8 @@ struct Plan {
     source: Source,
     /// Seconds to the end of the window (windowed algorithms).
     until_reset: u64,
+    /// The start of the window (windowed algorithms), the last part of its counter key.
+    window_start: u64,
 }
 
 /// One limit's answer.
@@ -322,20 +354,24 @@ impl Limiter {
             secs: nanos / 1_000_000_000,
             micros: nanos / 1_000,
         };
-        let mut updates = Vec::new();
-        let plans: Vec<Vec<Plan>> = request
-            .descriptors
+        // One plan per limit, descriptor after descriptor (each descriptor's plans are the
+        // next `limits.len()` of them), and at most one update per plan.
+        let planned = applied
             .iter()
-            .zip(&applied)
-            .map(|(descriptor, applied)| match applied {
-                Applied::Limited(limited) => limited
-                    .limits
-                    .iter()
-                    .map(|limit| self.plan(request, descriptor, limited, limit, now, &mut updates))
-                    .collect(),
-                _ => Vec::new(),
+            .map(|a| match a {
+                Applied::Limited(limited) => limited.limits.len(),
+                _ => 0,
             })
-            .collect();
+            .sum();
+        let mut updates = Vec::with_capacity(planned);
+        let mut plans = Vec::with_capacity(planned);
+        for (descriptor, applied) in request.descriptors.iter().zip(&applied) {
+            if let Applied::Limited(limited) = applied {
+                for limit in limited.limits.iter() {
+                    plans.push(self.plan(request, descriptor, limited, limit, now, &mut updates));
+                }
+            }
+        }
         let quota_plans: Vec<Vec<Plan>> = charges
             .iter()
             .zip(&request.descriptors)
@@ -354,15 +390,14 @@ impl Limiter {
             .collect();
         // The counters, the budget guards and the settlements are independent: one
         // round trip's worth of waiting for all three.
-        let no_policy = policy::Policy::default();
-        let snapshot = policy.as_ref().map_or(&no_policy, |(_, p)| &**p);
+        let snapshot = policy.as_ref().map_or(&*NO_POLICY, |(_, p)| &**p);
         let now_ms = nanos / 1_000_000;
         let (befores, guarded, settled) = tokio::join!(
             async {
                 if updates.is_empty() {
                     Ok(Vec::new())
                 } else {
-                    self.apply(&updates).await
+                    self.apply(updates).await
                 }
             },
             async {
@@ -388,13 +423,13 @@ impl Limiter {
 
         // The first refused descriptor's explanation becomes the raw body.
         let mut explanation: Option<(String, bool)> = None;
+        let mut next_plans = plans.as_slice();
         let statuses = request
             .descriptors
             .iter()
             .zip(&applied)
-            .zip(&plans)
             .enumerate()
-            .map(|(i, ((descriptor, applied), plans))| {
+            .map(|(i, (descriptor, applied))| {
                 let status = match applied {
                     Applied::Free => Status::default(),
                     Applied::Refused(refusal) => refusal.status(),
@@ -404,13 +439,15 @@ impl Limiter {
                     },
                     Applied::Limited(limited) => {
                         let hits = hits_of(request, descriptor);
+                        let plans;
+                        (plans, next_plans) = next_plans.split_at(limited.limits.len());
                         self.judge(
+                            request.domain,
                             descriptor.is_negative_hits,
                             hits,
                             limited,
                             plans,
                             &befores,
-                            &updates,
                         )
                     }
                 };
@@ -532,6 +569,7 @@ impl Limiter {
         Plan {
             source: Source::Store(updates.len() - 1),
             until_reset,
+            window_start: 0,
         }
     }
 
@@ -552,16 +590,7 @@ impl Limiter {
             // Counted before the store answers, as the reference does.
             limit.stats.total_hits.increment(hits);
         }
-        let prefix = &self.options.key_prefix;
-        let key_for = |start: Option<u64>| {
-            keys::counter_key(
-                prefix,
-                request.domain,
-                limited.key_entries.iter().copied(),
-                &limit.key_tag,
-                start,
-            )
-        };
+        let key_for = |start: Option<u64>| self.counter_key(request.domain, limited, limit, start);
         let window = Window::of(&limit.period, now.secs);
         let rpu = u64::from(limit.requests_per_unit);
         let (key, kind) = match limit.algorithm {
@@ -576,6 +605,7 @@ impl Limiter {
                     return Plan {
                         source: Source::KnownOverLimit,
                         until_reset: window.until_reset,
+                        window_start: window.start,
                     };
                 }
                 let cap = self
@@ -619,24 +649,43 @@ impl Limiter {
         Plan {
             source: Source::Store(updates.len() - 1),
             until_reset: window.until_reset,
+            window_start: window.start,
         }
+    }
+
+    /// The counter key of `limit` of a descriptor for the window starting at
+    /// `window_start` (none for a token bucket).
+    fn counter_key(
+        &self,
+        domain: &str,
+        limited: &Limited<'_>,
+        limit: &Limit,
+        window_start: Option<u64>,
+    ) -> String {
+        keys::counter_key(
+            &self.options.key_prefix,
+            domain,
+            limited.key_entries.iter().copied(),
+            &limit.key_tag,
+            window_start,
+        )
     }
 
     /// Judges every limit of a descriptor and answers with the most constrained: the
     /// first over limit, else the one with the least remaining.
     fn judge(
         &self,
+        domain: &str,
         refund: bool,
         hits: u64,
         limited: &Limited<'_>,
         plans: &[Plan],
         befores: &[u64],
-        updates: &[CounterUpdate],
     ) -> Status {
         let shadow = limited.node.is_some_and(|n| n.shadow_mode);
         let mut chosen: Option<(Verdict, &Limit)> = None;
         for (limit, plan) in limited.limits.iter().zip(plans) {
-            let mut verdict = self.verdict(refund, hits, limit, plan, befores, updates);
+            let mut verdict = self.verdict(domain, refund, hits, limited, limit, plan, befores);
             if shadow {
                 if verdict.code == Code::OverLimit {
                     limit.stats.shadow_mode.increment(verdict.over);
@@ -671,14 +720,16 @@ impl Limiter {
     }
 
     /// One limit's answer, with its statistics.
+    #[allow(clippy::too_many_arguments)]
     fn verdict(
         &self,
+        domain: &str,
         refund: bool,
         hits: u64,
+        limited: &Limited<'_>,
         limit: &Limit,
         plan: &Plan,
         befores: &[u64],
-        updates: &[CounterUpdate],
     ) -> Verdict {
         let stats = &limit.stats;
         let capacity = match limit.algorithm {
@@ -719,14 +770,26 @@ impl Limiter {
         }
         let threshold = accounting::near_limit_threshold(capacity, self.options.near_limit_ratio);
         let charge = accounting::charge(before, hits, capacity, threshold);
-        stats.over_limit.increment(charge.over_limit);
-        stats.near_limit.increment(charge.near_limit);
-        stats.within_limit.increment(charge.within_limit);
+        // Each is a shared atomic: only the ones that change are touched.
+        for (counter, n) in [
+            (&stats.over_limit, charge.over_limit),
+            (&stats.near_limit, charge.near_limit),
+            (&stats.within_limit, charge.within_limit),
+        ] {
+            if n > 0 {
+                counter.increment(n);
+            }
+        }
         if charge.code == Code::OverLimit
             && limit.algorithm == Algorithm::FixedWindow
             && let Some(cache) = &self.over_limit_cache
         {
-            cache.insert(updates[update].key.clone(), ());
+            // The key is built again: the update went to the store, and answers over the
+            // limit are the rare ones.
+            cache.insert(
+                self.counter_key(domain, limited, limit, Some(plan.window_start)),
+                (),
+            );
         }
         let in_use = if charge.code == Code::Ok {
             before + hits
@@ -741,10 +804,15 @@ impl Limiter {
         }
     }
 
-    async fn apply(&self, updates: &[CounterUpdate]) -> Result<Vec<u64>, DecideError> {
+    /// Hands the updates to the store (nothing is copied on the way to Redis).
+    async fn apply(&self, updates: Vec<CounterUpdate>) -> Result<Vec<u64>, DecideError> {
+        if let Store::Memory(store) = &self.store {
+            // In this process: it answers at once, there is no deadline to keep.
+            return store.apply(&updates).await.map_err(DecideError::Store);
+        }
         let outcome = match tokio::time::timeout(
             self.options.store_deadline,
-            self.store.apply(updates),
+            self.store.apply_owned(updates),
         )
         .await
         {
@@ -761,7 +829,7 @@ impl Limiter {
     fn resolve<'r>(
         &self,
         domain: &'r Domain,
-        descriptor: &Descriptor<'r>,
+        descriptor: &'r Descriptor<'r>,
         index: usize,
     ) -> Result<Applied<'r>, DecideError> {
         if let Some(limit) = descriptor.limit {
@@ -792,21 +860,31 @@ impl Limiter {
                 stats: self.metrics.runtime_rule_stats(&domain.name, &path, None),
             };
             return Ok(Applied::Limited(Limited {
-                limits: vec![Cow::Owned(limit)],
+                limits: Limits::Owned(vec![Cow::Owned(limit)]),
                 node: None,
-                key_entries: descriptor.entries.clone(),
+                key_entries: Cow::Borrowed(&descriptor.entries),
             }));
         }
-        let Some(path) = domain.find(descriptor.entries.iter().copied()) else {
+        let Some((node, plain)) = domain.find_last(descriptor.entries.iter().copied()) else {
             return Ok(Applied::Free);
         };
-        let node = *path.last().expect("find returns a non-empty path");
         if node.limits.is_empty() {
             return Ok(Applied::Free);
         }
         if node.limits.iter().any(|l| l.unlimited) {
             return Ok(Applied::Unlimited);
         }
+        if plain {
+            // Keyed by the request's own entries, statistics under the config's names.
+            return Ok(Applied::Limited(Limited {
+                limits: Limits::Node(&node.limits),
+                node: Some(node),
+                key_entries: Cow::Borrowed(&descriptor.entries),
+            }));
+        }
+        let path = domain
+            .find(descriptor.entries.iter().copied())
+            .expect("the same entries match the same path");
         let key_entries = path
             .iter()
             .zip(&descriptor.entries)
@@ -831,9 +909,9 @@ impl Limiter {
             })
             .collect();
         Ok(Applied::Limited(Limited {
-            limits,
+            limits: Limits::Owned(limits),
             node: Some(node),
-            key_entries,
+            key_entries: Cow::Owned(key_entries),
         }))
     }
 
@@ -961,6 +1039,13 @@ fn hits_of(request: &Request<'_>, descriptor: &Descriptor<'_>) -> u64 {
 /// Drops every limit named by another matched limit's `replaces` (unlimited ones are
 /// never dropped, as in the reference); a descriptor left without limits is free.
 fn drop_replaced(applied: &mut [Applied<'_>]) {
+    let replaces_any = applied
+        .iter()
+        .filter_map(Applied::node)
+        .any(|n| n.limits.iter().any(|l| !l.replaces.is_empty()));
+    if !replaces_any {
+        return;
+    }
     let replaced: HashSet<&str> = applied
         .iter()
         .filter_map(Applied::node)
@@ -970,12 +1055,27 @@ fn drop_replaced(applied: &mut [Applied<'_>]) {
     if replaced.is_empty() {
         return;
     }
+    let is_replaced = |limit: &Limit| limit.name.as_deref().is_some_and(|n| replaced.contains(n));
     for a in applied.iter_mut() {
         if let Applied::Limited(l) = a {
-            l.limits
-                .retain(|limit| !limit.name.as_deref().is_some_and(|n| replaced.contains(n)));
-            if l.limits.is_empty() {
+            if !l.limits.iter().any(is_replaced) {
+                continue;
+            }
+            let kept = match std::mem::replace(&mut l.limits, Limits::Node(&[])) {
+                Limits::Node(limits) => limits
+                    .iter()
+                    .filter(|limit| !is_replaced(limit))
+                    .map(|limit| Cow::Borrowed(&**limit))
+                    .collect(),
+                Limits::Owned(mut limits) => {
+                    limits.retain(|limit| !is_replaced(limit));
+                    limits
+                }
+            };
+            if kept.is_empty() {
                 *a = Applied::Free;
+            } else {
+                l.limits = Limits::Owned(kept);
             }
         }
     }

@@ -3,9 +3,16 @@
 //! Each level indexes its children three ways, so a lookup costs one hash probe for the
 //! exact `key`+`value`, then a scan of only the wildcard siblings of that key (in config
 //! order), then one probe for the key's default node. Exact siblings never slow it down.
+//!
+//! The maps hash with foldhash rather than SipHash: lookups run on every descriptor, and
+//! their keys are the config's own (a request's values are only looked up, never
+//! inserted, so they cannot crowd a map).
 
 use std::collections::HashMap;
 use std::sync::Arc;
+
+/// The rule tree's maps.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 use super::pattern::Pattern;
 use super::quota::QuotaKeys;
@@ -15,7 +22,7 @@ use crate::telemetry::RuleStats;
 /// All domains of a loaded rules directory.
 #[derive(Default)]
 pub struct RuleSet {
-    domains: HashMap<String, Domain>,
+    domains: Map<String, Domain>,
 }
 
 impl std::fmt::Debug for RuleSet {
@@ -29,7 +36,9 @@ impl std::fmt::Debug for RuleSet {
 impl RuleSet {
     /// A rule set holding `domains`.
     pub fn new(domains: HashMap<String, Domain>) -> Self {
-        Self { domains }
+        Self {
+            domains: domains.into_iter().collect(),
+        }
     }
 
     /// The domain's rules, if it is configured.
@@ -85,14 +94,36 @@ impl Domain {
         }
         (!path.is_empty()).then_some(path)
     }
+
+    /// What [`Domain::find`] finds, without collecting the path: the last matched node,
+    /// and whether the path is *plain*: no level shares one counter across a wildcard's
+    /// values (`share_threshold`) and none puts request values into statistics
+    /// (`value_to_metric`, or `detailed_metric` on the last node). The decision path
+    /// needs the whole path only when it is not plain, and then asks [`Domain::find`].
+    pub fn find_last<'a>(
+        &self,
+        entries: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Option<(&Node, bool)> {
+        let mut level = &self.root;
+        let mut last: Option<&Node> = None;
+        let mut plain = true;
+        for (key, value) in entries {
+            let node = level.child(key, value)?;
+            level = &node.children;
+            plain &= !(node.value_to_metric || node.share_threshold && node.value.is_some());
+            last = Some(node);
+        }
+        let node = last?;
+        Some((node, plain && !node.detailed_metric))
+    }
 }
 
 /// The children of one node (or of the domain root).
 #[derive(Default)]
 pub(crate) struct Level {
-    exact: HashMap<String, HashMap<String, Node>>,
-    wildcards: HashMap<String, Vec<Node>>,
-    defaults: HashMap<String, Node>,
+    exact: Map<String, Map<String, Node>>,
+    wildcards: Map<String, Vec<Node>>,
+    defaults: Map<String, Node>,
 }
 
 impl Level {
@@ -147,7 +178,7 @@ impl Level {
     fn nodes(&self) -> impl Iterator<Item = &Node> {
         self.exact
             .values()
-            .flat_map(HashMap::values)
+            .flat_map(Map::values)
             .chain(self.wildcards.values().flatten())
             .chain(self.defaults.values())
     }

@@ -181,6 +181,17 @@ impl Store {
     }
 }
 
+impl Store {
+    /// [`CounterStore::apply`] for updates the caller no longer needs: the Redis store
+    /// queues them for its batcher as they are instead of copying them.
+    pub async fn apply_owned(&self, updates: Vec<CounterUpdate>) -> Result<Vec<u64>, StoreError> {
+        match self {
+            Store::Memory(s) => s.apply(&updates).await,
+            Store::Redis(s) => s.apply_owned(updates).await,
+        }
+    }
+}
+
 impl CounterStore for Store {
     async fn apply(&self, updates: &[CounterUpdate]) -> Result<Vec<u64>, StoreError> {
         match self {

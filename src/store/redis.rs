@@ -914,19 +914,24 @@ impl fmt::Debug for RedisStore {
     }
 }
 
-impl CounterStore for RedisStore {
-    async fn apply(&self, updates: &[CounterUpdate]) -> Result<Vec<u64>, StoreError> {
+impl RedisStore {
+    /// [`CounterStore::apply`] for updates the caller hands over: they go to the batcher
+    /// as they are, with nothing copied (the limiter's hot path).
+    pub async fn apply_owned(&self, updates: Vec<CounterUpdate>) -> Result<Vec<u64>, StoreError> {
         if updates.is_empty() {
             return Ok(Vec::new());
         }
         let (reply, answer) = oneshot::channel();
-        let job = Job {
-            updates: updates.to_vec(),
-            reply,
-        };
+        let job = Job { updates, reply };
         let stopped = || StoreError::Unavailable("the Redis store is shutting down".to_owned());
         self.jobs.send(job).map_err(|_| stopped())?;
         answer.await.unwrap_or_else(|_| Err(stopped()))
+    }
+}
+
+impl CounterStore for RedisStore {
+    async fn apply(&self, updates: &[CounterUpdate]) -> Result<Vec<u64>, StoreError> {
+        self.apply_owned(updates.to_vec()).await
     }
 
     async fn budget(&self, call: &BudgetCall) -> Result<BudgetReply, StoreError> {
