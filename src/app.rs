@@ -40,6 +40,9 @@ use crate::telemetry::Metrics;
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// How often gRPC health is re-published (it follows the store's state).
 const HEALTH_EVERY: Duration = Duration::from_millis(500);
+/// How often recorded latency samples are folded into their summary (see
+/// [`Metrics::spawn_upkeep`]); the Prometheus exporter's own default.
+const METRICS_UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// A built, not yet running, tollgate.
 pub struct App {
@@ -207,6 +210,7 @@ impl App {
         let health = Health::new(limiter.clone(), reporter, settings.healthy_requires_rules);
         health.publish().await;
         background.push(health.spawn_publisher(HEALTH_EVERY));
+        background.push(metrics.spawn_upkeep(METRICS_UPKEEP_EVERY));
 
         // The writer has its own stop, given only once the servers have stopped, so the
         // settlements of calls still in flight at shutdown reach the ledger. Stopped on any
