@@ -13,6 +13,9 @@
 #   loadtest/run.sh --quick          # 1 round of 2 s per server and scenario (~1 min)
 #   loadtest/run.sh --mode latency   # find max throughput, then p99 at 50 % of it (~9 min)
 #   loadtest/run.sh --scenarios "one token-budget" --stores memory --rounds 5
+#   loadtest/run.sh --scenarios rules-10k --rules "10 100 1000 10000"   # flatness sweeps
+#   loadtest/run.sh --scenarios high-cardinality --keys "1 1000 1000000"
+#   loadtest/run.sh --mode memory    # server memory per million active keys (~1 min)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -27,6 +30,12 @@ REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 CONNECTIONS=4
 CONCURRENCY=16
 FRACTION=0.5
+RULES=
+KEYS=
+MEMORY_KEYS=1000000
+# tollgate's store deadline (its default, 10 ms); the memory mode's fill sends batches of a
+# hundred counters per request and waits longer.
+STORE_DEADLINE_MS=10
 BUILD=1
 VERBOSE=0
 QUICK=0
@@ -38,7 +47,8 @@ usage() {
 Options:
   --quick               one round, 2 s measured after 0.5 s warm-up (a smoke run)
   --mode M              throughput (closed loop), latency (max, then open loop at
-                        --fraction of it) or both               [throughput]
+                        --fraction of it), both, or memory (resident memory before
+                        and after filling --memory-keys counters) [throughput]
   --rounds N            alternating rounds; the table shows medians   [3]
   --duration S          seconds measured per run   [6; 4 in latency mode]
   --warmup S            seconds of warm-up per run [2; 1 in latency mode]
@@ -48,6 +58,11 @@ Options:
   --connections N       HTTP/2 connections          [4]
   --concurrency N       streams per connection      [16]
   --fraction F          share of the maximum for latency mode   [0.5]
+  --rules "N ..."       rules-10k with each of these rule counts, one table row each
+                        (a sweep)                               [10000]
+  --keys "N ..."        high-cardinality with each of these key counts (a sweep)
+                                                                [1000000]
+  --memory-keys N       counters the memory mode fills          [1000000]
   --no-build            use the release binaries already built
   --verbose             show the load generator's progress lines
 EOF
@@ -66,6 +81,9 @@ while [ $# -gt 0 ]; do
     --connections) CONNECTIONS=$2; shift ;;
     --concurrency) CONCURRENCY=$2; shift ;;
     --fraction) FRACTION=$2; shift ;;
+    --rules) RULES=$2; shift ;;
+    --keys) KEYS=$2; shift ;;
+    --memory-keys) MEMORY_KEYS=$2; shift ;;
     --no-build) BUILD=0 ;;
     --verbose) VERBOSE=1 ;;
     -h|--help) usage; exit 0 ;;
@@ -75,8 +93,8 @@ while [ $# -gt 0 ]; do
 done
 
 case "$MODE" in
-  throughput|latency|both) ;;
-  *) echo "--mode must be throughput, latency or both" >&2; exit 2 ;;
+  throughput|latency|both|memory) ;;
+  *) echo "--mode must be throughput, latency, both or memory" >&2; exit 2 ;;
 esac
 if [ "$QUICK" -eq 1 ]; then
   ROUNDS=1
@@ -149,10 +167,11 @@ trap 'exit 130' INT TERM
 # STARTED_PID to its process id (taskset execs, so it is the server's own). Retries
 # on a new port if it does not come up (another process may have taken the port).
 # Not called in a subshell, so the server's pid lands in PIDS for cleanup.
-#   start_server LABEL RULES_DIR
+#   start_server LABEL RULES_DIR CASE
 start_server() {
-  local label=$1 rules=$2 attempt grpc http pid logfile
+  local label=$1 rules=$2 case_name=$3 attempt grpc http pid logfile
   logfile=$RUN_DIR/$label.log
+  STARTED_HTTP=
   for attempt in 1 2 3; do
     grpc=$("$LOAD" free-port)
     case "$label" in
@@ -163,9 +182,15 @@ start_server() {
         http=$("$LOAD" free-port)
         local store=memory
         [ "$label" = redis ] && store=$REDIS_URL
+        # A ledger and an outbox of its own per server and case: the token-budget setup
+        # starts from an empty ledger, and no case inherits another's usage.
         TOLLGATE_GRPC_ADDR=127.0.0.1:$grpc TOLLGATE_HTTP_ADDR=127.0.0.1:$http \
           TOLLGATE_RULES_DIR=$rules TOLLGATE_WATCH_RULES=false TOLLGATE_STORE=$store \
-          TOLLGATE_KEY_PREFIX=$KEY_PREFIX TOLLGATE_DATABASE_URL="sqlite://$RUN_DIR/ledger-$label.db" TOLLGATE_OUTBOX_PATH="$RUN_DIR/outbox-$label.jsonl" \
+          TOLLGATE_KEY_PREFIX=$KEY_PREFIX$case_name: \
+          TOLLGATE_DATABASE_URL="sqlite://$RUN_DIR/ledger-$case_name-$label.db" \
+          TOLLGATE_OUTBOX_PATH="$RUN_DIR/outbox-$case_name-$label.jsonl" \
+          TOLLGATE_BOOTSTRAP_TOKEN=$ADMIN_TOKEN \
+          TOLLGATE_STORE_DEADLINE_MS=$STORE_DEADLINE_MS \
           RUST_LOG=${RUST_LOG:-warn} \
           "${PIN_SERVER[@]}" "$BIN/tollgate" serve >>"$logfile" 2>&1 &
         ;;
@@ -175,6 +200,7 @@ start_server() {
       PIDS+=("$pid")
       STARTED_URL="http://127.0.0.1:$grpc"
       STARTED_PID=$pid
+      [ "$label" = noop ] || STARTED_HTTP="http://127.0.0.1:$http"
       return 0
     fi
     kill "$pid" 2>/dev/null || true
@@ -186,8 +212,28 @@ start_server() {
 }
 
 # A prefix no other run (or test) uses, so Redis counters start from zero; keys expire
-# within a minute (the generated rules use minute windows).
+# within a minute (the generated rules use minute windows). Budget counters (token-budget)
+# live for their month and are few (two per tenant).
 KEY_PREFIX="loadtest-$$-$(date +%s):"
+# The admin token every tollgate starts with (TOLLGATE_BOOTSTRAP_TOKEN), for the
+# token-budget setup; a fresh one per run, on loopback only.
+ADMIN_TOKEN="loadtest-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+
+# The cases: a scenario, with --rules or --keys for a sweep, each its own table row.
+#   "scenario|params|variant"
+CASES=()
+for scenario in $SCENARIOS; do
+  case "$scenario" in
+    rules-10k) sweep=$RULES; param=rules ;;
+    high-cardinality) sweep=$KEYS; param=keys ;;
+    *) sweep=; param= ;;
+  esac
+  if [ -n "$sweep" ]; then
+    for n in $sweep; do CASES+=("$scenario|--$param $n|$n $param"); done
+  else
+    CASES+=("$scenario||")
+  fi
+done
 
 LABELS="noop $STORES"
 MODES=()
@@ -196,24 +242,88 @@ case "$MODE" in
   latency) MODES=(latency) ;;
   both) MODES=(throughput latency) ;;
 esac
-n_scen=$(wc -w <<<"$SCENARIOS")
+
+# Memory mode: per store, tollgate's resident memory (and Redis' used_memory) before and
+# after charging --memory-keys distinct counters once each; a table of its own.
+if [ "$MODE" = memory ]; then
+  STORE_DEADLINE_MS=2000
+  rules=$RUN_DIR/rules-memory
+  "$LOAD" rules --scenario high-cardinality --keys "$MEMORY_KEYS" --out "$rules" >/dev/null
+  rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+  redis_used() { redis-cli -u "$REDIS_URL" info memory 2>/dev/null | sed -n 's/^used_memory:\([0-9]*\).*/\1/p'; }
+  LOADAVG_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo "?")
+  rows=()
+  for label in $STORES; do
+    start_server "$label" "$rules" memory || { log "$label did not start"; continue; }
+    # Warm: connections, the runtime and the rules, with a handful of counters.
+    "$LOAD" fill --target "$STARTED_URL" --keys 1000 --batch 100 >/dev/null 2>&1
+    sleep 1
+    rss0=$(rss_kib "$STARTED_PID"); used0=
+    [ "$label" = redis ] && used0=$(redis_used)
+    log "memory $label: filling $MEMORY_KEYS counters (resident before: $((rss0 / 1024)) MiB)"
+    "$LOAD" fill --target "$STARTED_URL" --keys "$MEMORY_KEYS" --batch 100
+    sleep 1
+    rss1=$(rss_kib "$STARTED_PID"); used1=
+    redis_col="-"
+    if [ "$label" = redis ]; then
+      used1=$(redis_used)
+      if [ -n "$used0" ] && [ -n "$used1" ]; then
+        redis_col=$(awk -v a="$used0" -v b="$used1" -v n="$MEMORY_KEYS" 'BEGIN { printf "%.0f MiB (%.0f B per key)", (b - a) / 1048576, (b - a) / n }')
+      fi
+    fi
+    rows+=("$(awk -v l="$label" -v a="$rss0" -v b="$rss1" -v n="$MEMORY_KEYS" -v r="$redis_col" 'BEGIN {
+      printf "| %s | %d | %.0f | %.0f | %.0f MiB (%.0f B per key) | %s |", l, n, a / 1024, b / 1024, (b - a) / 1024, (b - a) * 1024 / n, r }')")
+    cleanup
+  done
+  mkdir -p loadtest/results
+  commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+  git diff --quiet HEAD 2>/dev/null || commit="$commit (with local changes)"
+  {
+    echo "# tollgate memory per active key, $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo
+    echo "- machine: $CORES cores; load average before: $LOADAVG_BEFORE; after: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo "?")"
+    echo "- commit: $commit; command: \`loadtest/run.sh${ARGS:+ $ARGS}\`"
+    echo "- each store's tollgate fills $MEMORY_KEYS distinct high-cardinality counters (one charge each, minute windows, key prefix of $((${#KEY_PREFIX} + 7)) bytes) after a warm-up of 1,000"
+    echo
+    echo "| store | counters added | tollgate RSS before (MiB) | after (MiB) | tollgate growth | Redis used_memory growth |"
+    echo "|---|---:|---:|---:|---:|---:|"
+    printf '%s\n' "${rows[@]}"
+  } >loadtest/results/memory.md
+  log "wrote loadtest/results/memory.md"
+  cat loadtest/results/memory.md
+  exit 0
+fi
+
+n_cases=${#CASES[@]}
 n_labels=$(wc -w <<<"$LABELS")
-total=$((n_scen * n_labels * ROUNDS * ${#MODES[@]}))
+total=$((n_cases * n_labels * ROUNDS * ${#MODES[@]}))
 per_run=$(awk -v d="$DURATION" -v w="$WARMUP" -v m="$MODE" 'BEGIN { x = d + w; if (m == "latency") x *= 2; if (m == "both") x *= 1.5; printf "%d", x + 0.5 }')
 log "$total runs of about ${per_run} s (${ROUNDS} round(s); ${DURATION} s measured after ${WARMUP} s warm-up; $CONNECTIONS x $CONCURRENCY streams); pinning: $PINNING"
 
 LOADAVG_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo "?")
 done_runs=0
-for scenario in $SCENARIOS; do
-  rules=$RUN_DIR/rules-$scenario
-  "$LOAD" rules --scenario "$scenario" --out "$rules" >/dev/null
+for case_spec in "${CASES[@]}"; do
+  IFS='|' read -r scenario params variant <<<"$case_spec"
+  read -ra PARAMS <<<"$params"
+  VARIANT=()
+  [ -n "$variant" ] && VARIANT=(--variant "$variant")
+  case_name=$scenario${variant:+-${variant// /-}}
+  rules=$RUN_DIR/rules-$case_name
+  "$LOAD" rules --scenario "$scenario" "${PARAMS[@]}" --out "$rules" >/dev/null
   declare -A TARGET=() SERVER_PID=()
   for label in $LABELS; do
-    if start_server "$label" "$rules"; then
+    if start_server "$label" "$rules" "$case_name"; then
+      if [ "$scenario" = token-budget ] && [ -n "$STARTED_HTTP" ] &&
+        ! "$LOAD" setup --scenario token-budget --http "$STARTED_HTTP" --target "$STARTED_URL" \
+          --token "$ADMIN_TOKEN" 2>>"$RUN_DIR/$label.log"; then
+        log "skipping $label for $scenario: the setup failed; its log ends with:"
+        tail -n 5 "$RUN_DIR/$label.log" >&2 || true
+        continue
+      fi
       TARGET[$label]=$STARTED_URL
       SERVER_PID[$label]=$STARTED_PID
     else
-      log "skipping $label for $scenario: it did not start (see above)"
+      log "skipping $label for $case_name: it did not start (see above)"
     fi
   done
   for mode in "${MODES[@]}"; do
@@ -223,15 +333,16 @@ for scenario in $SCENARIOS; do
       for label in $LABELS; do
         [ -n "${TARGET[$label]:-}" ] || continue
         done_runs=$((done_runs + 1))
-        log "[$done_runs/$total] $mode $scenario $label round $round"
+        log "[$done_runs/$total] $mode $case_name $label round $round"
         progress=(--quiet)
         [ "$VERBOSE" -eq 1 ] && progress=()
         if ! "${PIN_LOAD[@]}" "$LOAD" run --target "${TARGET[$label]}" --scenario "$scenario" \
+          "${PARAMS[@]}" "${VARIANT[@]}" \
           --label "$label" --round "$round" --duration "$DURATION" --warmup "$WARMUP" \
           --server-pid "${SERVER_PID[$label]}" \
           --connections "$CONNECTIONS" --concurrency "$CONCURRENCY" "${progress[@]}" "${extra[@]}" \
-          --json "$RAW/$mode-$scenario-$label-r$round.json"; then
-          log "run failed: $mode $scenario $label round $round"
+          --json "$RAW/$mode-$case_name-$label-r$round.json"; then
+          log "run failed: $mode $case_name $label round $round"
         fi
       done
     done

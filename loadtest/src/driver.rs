@@ -42,6 +42,27 @@ pub struct RunConfig {
     pub round: u32,
     /// The server's process id, to report its CPU use over the measured window (Linux).
     pub server_pid: Option<u32>,
+    /// Told apart from other runs of the scenario in reports (`1000 rules`, `1 keys`):
+    /// results name the scenario `<scenario> <variant>`.
+    pub variant: Option<String>,
+}
+
+impl RunConfig {
+    /// The scenario's name in results and reports, with the variant if any.
+    pub fn scenario_label(&self) -> String {
+        match &self.variant {
+            Some(variant) => format!("{} {variant}", self.scenario.name()),
+            None => self.scenario.name().to_owned(),
+        }
+    }
+}
+
+/// A number no other run uses (its start in nanoseconds since the epoch), so request ids
+/// never repeat across runs against one server.
+fn run_nonce() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// Opens `n` HTTP/2 connections (one tonic channel each; clones share a connection).
@@ -259,7 +280,7 @@ fn result(
     RunResult {
         label: config.label.clone(),
         round: config.round,
-        scenario: config.scenario.name().to_owned(),
+        scenario: config.scenario_label(),
         mode,
         target: config.target.clone(),
         connections: config.connections,
@@ -295,6 +316,7 @@ pub async fn run_closed(
     clients: &[RateLimitServiceClient<Channel>],
 ) -> RunResult {
     let started_at = unix_now();
+    let run = run_nonce();
     let clock = Clock::new(config.warmup, config.duration);
     let live = Arc::new(Live::default());
     let progress = config.progress.then(|| {
@@ -311,7 +333,7 @@ pub async fn run_closed(
             let mut client = client.clone();
             let live = live.clone();
             let worker = (c * config.concurrency + s) as u64;
-            let mut generator = Generator::new(config.scenario, config.params, worker);
+            let mut generator = Generator::new(config.scenario, config.params, worker).in_run(run);
             workers.push(tokio::spawn(async move {
                 let mut tally = Tally::new();
                 loop {
@@ -353,6 +375,7 @@ pub async fn run_open(
     rate: f64,
 ) -> RunResult {
     let started_at = unix_now();
+    let run = run_nonce();
     let rate = rate.max(1.0);
     let interval = Duration::from_secs_f64(1.0 / rate);
     let clock = Clock::new(config.warmup, config.duration);
@@ -411,7 +434,7 @@ pub async fn run_open(
             let permits = permits.clone();
             let next_ticket = next_ticket.clone();
             let worker = (c * config.concurrency + s) as u64;
-            let mut generator = Generator::new(config.scenario, config.params, worker);
+            let mut generator = Generator::new(config.scenario, config.params, worker).in_run(run);
             workers.push(tokio::spawn(async move {
                 let mut tally = Tally::new();
                 while let Ok(permit) = permits.acquire().await {
@@ -454,6 +477,58 @@ pub async fn run_open(
     );
     run.set_usage(usage.await.unwrap_or_default());
     run
+}
+
+/// What a fill did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Filled {
+    pub requests: u64,
+    pub errors: u64,
+    pub seconds: f64,
+}
+
+/// Charges each of `keys` distinct `high-cardinality` counters once, in requests of
+/// `batch` descriptors over `streams` concurrent streams of `clients`, so the server
+/// holds exactly that many more counters (for the memory per key).
+pub async fn fill(
+    clients: &[RateLimitServiceClient<Channel>],
+    keys: u64,
+    batch: u64,
+    streams: usize,
+) -> Filled {
+    let started = Instant::now();
+    let batch = batch.max(1);
+    let next = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for s in 0..streams.max(1) {
+        let mut client = clients[s % clients.len()].clone();
+        let next = next.clone();
+        workers.push(tokio::spawn(async move {
+            let (mut requests, mut errors) = (0, 0);
+            loop {
+                let from = next.fetch_add(batch, Ordering::Relaxed);
+                if from >= keys {
+                    return (requests, errors);
+                }
+                let request = crate::scenario::fill_request(from..(from + batch).min(keys));
+                requests += 1;
+                if client.should_rate_limit(request).await.is_err() {
+                    errors += 1;
+                }
+            }
+        }));
+    }
+    let (mut requests, mut errors) = (0, 0);
+    for worker in workers {
+        let (r, e) = worker.await.expect("a fill worker does not panic");
+        requests += r;
+        errors += e;
+    }
+    Filled {
+        requests,
+        errors,
+        seconds: started.elapsed().as_secs_f64(),
+    }
 }
 
 /// Finds the closed-loop maximum, then measures latency open-loop at `fraction` of it.

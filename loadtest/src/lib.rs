@@ -7,6 +7,8 @@
 //! - [`summary`]: latency histograms, percentiles and the JSON result of one run.
 //! - [`report`]: medians over alternating rounds and ratios to the baseline, as markdown.
 //! - [`noop`]: the baseline server (same tonic stack, answers OK at once).
+//! - [`setup`]: the tenants, grants, prices and budgets the `token-budget` scenario needs,
+//!   made through tollgate's admin API.
 //!
 //! The binaries `tollgate-load` and `noop-rls` are thin wrappers; `loadtest/run.sh`
 //! runs whole comparisons.
@@ -15,4 +17,5 @@ pub mod driver;
 pub mod noop;
 pub mod report;
 pub mod scenario;
+pub mod setup;
 pub mod summary;

@@ -43,10 +43,11 @@ pub enum Scenario {
     #[value(name = "rules-10k")]
     #[serde(rename = "rules-10k")]
     Rules10k,
-    /// The two-phase LLM flow: a request-path call (tenant, check-only tenant+model with
-    /// `hits_addend` 0, tenant+session), then a stream-done call (input and output token
-    /// descriptors with `hits_addend` = the token counts). Generic rules until tollgate
-    /// implements budgets.
+    /// The two-phase LLM flow against real budgets (a `quota:` domain; tenants, grants,
+    /// prices and budgets set up through the admin API by `tollgate-load setup`): a
+    /// request-path call (tenant, check-only tenant+model with `hits_addend` 0,
+    /// tenant+session), then a stream-done call settling the input and output tokens
+    /// (`hits_addend` = the token counts) under a request id used once.
     TokenBudget,
 }
 
@@ -111,10 +112,34 @@ impl Default for Params {
 /// Wildcard path rules in the `wildcard` scenario; a request's path matches one of them
 /// uniformly, so the matcher scans half of them on average.
 pub const WILDCARD_PATHS: u64 = 20;
-/// Tenants, models and sessions in `token-budget`.
-const TENANTS: u64 = 100;
-const MODELS: u64 = 4;
+/// Models in `five` and `token-budget`; tenants and sessions in `token-budget`.
+pub const MODELS: u64 = 4;
+pub const TENANTS: u64 = 20;
 const SESSIONS: u64 = 10_000;
+
+/// The id of tenant `i` in `token-budget` (and in `five`'s descriptors).
+pub fn tenant_id(i: u64) -> String {
+    format!("t{i}")
+}
+
+/// The `user_id` value of key `i` in `high-cardinality`.
+pub fn user_id(i: u64) -> String {
+    format!("u{i}")
+}
+
+/// One `high-cardinality` request charging the counters of keys `keys` once each (the
+/// memory measurement fills a server with exactly that many counters).
+pub fn fill_request(keys: std::ops::Range<u64>) -> RateLimitRequest {
+    request(
+        Scenario::HighCardinality.domain(),
+        keys.map(|i| plain(&[("user_id", user_id(i))])).collect(),
+    )
+}
+
+/// The name of model `i`.
+pub fn model_name(i: u64) -> String {
+    format!("m{i}")
+}
 
 /// The rule files for `scenario`: `(file name, YAML)`.
 pub fn rules_yaml(scenario: Scenario, params: &Params) -> Vec<(String, String)> {
@@ -128,6 +153,9 @@ pub fn rules_yaml(scenario: Scenario, params: &Params) -> Vec<(String, String)> 
         scenario.name()
     );
     let _ = writeln!(y, "domain: {}", scenario.domain());
+    if scenario == Scenario::TokenBudget {
+        y.push_str("quota: {}\n");
+    }
     y.push_str("descriptors:\n");
     match scenario {
         Scenario::One => {
@@ -168,19 +196,14 @@ pub fn rules_yaml(scenario: Scenario, params: &Params) -> Vec<(String, String)> 
             }
         }
         Scenario::TokenBudget => {
-            let tokens = rl("minute", limit.saturating_mul(1000));
-            // The tenant+model rule stands in for the budgets the request path checks
-            // (hits_addend 0); the token rules stand in for the budgets stream-done charges.
-            // `request_id` is matched by a shared `*`, so every request of a session shares
-            // one token counter instead of creating one per request.
+            // The quota block (default keys) makes the domain check tenants and models,
+            // guard the request path with the budgets and settle stream-done usage; the
+            // rules are ordinary limits next to them. Usage descriptors (with a token type)
+            // match no rule: the budgets count them.
             let _ = write!(
                 y,
                 "  - key: tenant_id\n    rate_limit: {per_minute}\n    descriptors:\n\
-                 \x20     - key: model\n        rate_limit: {per_minute}\n        descriptors:\n\
-                 \x20         - key: session_id\n            descriptors:\n\
-                 \x20             - key: request_id\n                value: \"*\"\n                share_threshold: true\n                descriptors:\n\
-                 \x20                 - key: token_type\n                    value: input\n                    rate_limit: {tokens}\n\
-                 \x20                 - key: token_type\n                    value: output\n                    rate_limit: {tokens}\n\
+                 \x20     - key: model\n        rate_limit: {per_minute}\n\
                  \x20     - key: session_id\n        rate_limit: {per_minute}\n"
             );
         }
@@ -253,6 +276,7 @@ pub struct Generator {
     params: Params,
     rng: Rng,
     worker: u64,
+    run: u64,
     seq: u64,
     pending: Option<StreamDone>,
 }
@@ -265,9 +289,17 @@ impl Generator {
             params,
             rng: Rng::new(0x5EED ^ worker.wrapping_mul(0x2545_F491_4F6C_DD1D)),
             worker,
+            run: 0,
             seq: 0,
             pending: None,
         }
+    }
+
+    /// The same generator for run `run`: request ids (token-budget) name the run, so
+    /// runs against one server never repeat one (a repeated settlement is not charged).
+    pub fn in_run(mut self, run: u64) -> Self {
+        self.run = run;
+        self
     }
 
     /// The next request.
@@ -307,10 +339,9 @@ impl Generator {
                 )]),
                 plain(&[("user_agent", format!("crawler-{}", rng.below(1000)))]),
             ],
-            Scenario::HighCardinality => vec![plain(&[(
-                "user_id",
-                format!("u{}", rng.below(self.params.keys)),
-            )])],
+            Scenario::HighCardinality => {
+                vec![plain(&[("user_id", user_id(rng.below(self.params.keys)))])]
+            }
             Scenario::Rules10k => vec![plain(&[(
                 "route",
                 format!("r{}", rng.below(u64::from(self.params.rules))),
@@ -325,8 +356,8 @@ impl Generator {
         let domain = self.scenario.domain();
         if let Some(flow) = self.pending.take() {
             let (t, m, s) = (
-                format!("t{}", flow.tenant),
-                format!("m{}", flow.model),
+                tenant_id(flow.tenant),
+                model_name(flow.model),
                 format!("s{}", flow.session),
             );
             let usage = |token_type: &str, hits: u64| {
@@ -348,16 +379,12 @@ impl Generator {
         let session = self.rng.below(SESSIONS);
         let tenant = session % TENANTS;
         let model = self.rng.below(MODELS);
-        let (t, m, s) = (
-            format!("t{tenant}"),
-            format!("m{model}"),
-            format!("s{session}"),
-        );
+        let (t, m, s) = (tenant_id(tenant), model_name(model), format!("s{session}"));
         self.pending = Some(StreamDone {
             tenant,
             model,
             session,
-            request_id: format!("r-{}-{}", self.worker, self.seq),
+            request_id: format!("r-{:x}-{}-{}", self.run, self.worker, self.seq),
         });
         request(
             domain,
@@ -451,5 +478,23 @@ mod tests {
                 .all(|d| d.hits_addend.is_some_and(|h| h.value > 0))
         );
         assert_eq!(g.next_request().descriptors.len(), 3);
+    }
+
+    #[test]
+    fn token_budget_request_ids_name_the_run() {
+        let request_id = |run: u64| {
+            let mut g = Generator::new(Scenario::TokenBudget, Params::default(), 1).in_run(run);
+            g.next_request();
+            let done = g.next_request();
+            done.descriptors[0].entries[3].value.clone()
+        };
+        assert_eq!(request_id(7), request_id(7));
+        assert_ne!(request_id(7), request_id(8));
+    }
+
+    #[test]
+    fn token_budget_rules_are_a_quota_domain() {
+        let (_, yaml) = &rules_yaml(Scenario::TokenBudget, &Params::default())[0];
+        assert!(yaml.contains("\nquota: {}\n"), "{yaml}");
     }
 }

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use loadtest::driver::{self, RunConfig};
 use loadtest::report;
 use loadtest::scenario::{self, Params, Scenario};
+use loadtest::setup;
 use loadtest::summary::{Mode, RunResult};
 
 /// Load generator for Envoy's RateLimitService (tollgate, envoyproxy/ratelimit, or any other).
@@ -36,6 +37,12 @@ enum Command {
     FreePort,
     /// Combine JSON results of alternating rounds into markdown tables (medians, ratios).
     Report(ReportArgs),
+    /// Charge --keys distinct high-cardinality counters once each (to measure the
+    /// server's memory per active key), then print how long it took.
+    Fill(FillArgs),
+    /// Make what a scenario needs in tollgate's ledger through its admin API (token-budget:
+    /// tenants, approvals, prices, budgets), then wait until it is in force.
+    Setup(SetupArgs),
 }
 
 #[derive(Args, Clone, Copy)]
@@ -107,6 +114,10 @@ struct RunArgs {
     /// The server's process id, to report the CPU it used over the measured window.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Names this run's variant of the scenario in results (`1000 rules`): reports show
+    /// it as a scenario of its own.
+    #[arg(long)]
+    variant: Option<String>,
     #[command(flatten)]
     params: ParamsArgs,
 }
@@ -127,6 +138,39 @@ struct WaitArgs {
     #[arg(long, default_value = "http://127.0.0.1:8081")]
     target: String,
     /// Give up after this many seconds.
+    #[arg(long, default_value_t = 30.0)]
+    timeout: f64,
+}
+
+#[derive(Args)]
+struct FillArgs {
+    #[arg(long, default_value = "http://127.0.0.1:8081")]
+    target: String,
+    /// Distinct keys (`user_id` values u0, u1, ...).
+    #[arg(long, default_value_t = 1_000_000)]
+    keys: u64,
+    /// Descriptors per request.
+    #[arg(long, default_value_t = 100)]
+    batch: u64,
+    /// Concurrent streams (over 2 connections).
+    #[arg(long, default_value_t = 8)]
+    streams: usize,
+}
+
+#[derive(Args)]
+struct SetupArgs {
+    #[arg(long, value_enum, default_value_t = Scenario::TokenBudget)]
+    scenario: Scenario,
+    /// tollgate's HTTP listener (admin API), as http://host:port.
+    #[arg(long)]
+    http: String,
+    /// tollgate's gRPC listener, to check that the setup is in force.
+    #[arg(long, default_value = "http://127.0.0.1:8081")]
+    target: String,
+    /// An admin token (the bootstrap token).
+    #[arg(long)]
+    token: String,
+    /// Give up if the setup is not in force after this many seconds.
     #[arg(long, default_value_t = 30.0)]
     timeout: f64,
 }
@@ -171,6 +215,35 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Report(args)) => write_report(&args),
+        Some(Command::Fill(args)) => {
+            let clients = driver::connect(&args.target, 2).await?;
+            let filled = driver::fill(&clients, args.keys, args.batch, args.streams).await;
+            eprintln!(
+                "filled {} keys in {:.1} s ({} requests, {} errors)",
+                args.keys, filled.seconds, filled.requests, filled.errors
+            );
+            if filled.errors > 0 {
+                bail!("{} fill requests failed", filled.errors);
+            }
+            Ok(())
+        }
+        Some(Command::Setup(args)) => {
+            if args.scenario != Scenario::TokenBudget {
+                eprintln!("{}: nothing to set up", args.scenario.name());
+                return Ok(());
+            }
+            let timeout = Duration::from_secs_f64(args.timeout.max(0.0));
+            let started = Instant::now();
+            let made = setup::token_budget(&args.http, &args.target, &args.token, timeout).await?;
+            eprintln!(
+                "token-budget set up in {:.1} s: {} active tenants, {} models granted to each, {} hard budgets",
+                started.elapsed().as_secs_f64(),
+                made.tenants,
+                made.models,
+                made.budgets
+            );
+            Ok(())
+        }
     }
 }
 
@@ -195,6 +268,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         label: args.label.clone(),
         round: args.round,
         server_pid: args.server_pid,
+        variant: args.variant.clone(),
     };
     let clients = driver::connect(&config.target, config.connections).await?;
     let result = match (args.rate, args.find_max) {
