@@ -6,7 +6,8 @@
 # runs the load generator against them in alternating rounds (noop, memory, redis, noop,
 # ...), so drift on a shared machine hits all three alike. The load generator and the
 # servers are pinned to separate cores when `taskset` exists. Writes
-# loadtest/results/latest.md (medians over rounds, ratios to the baseline) and latest.json.
+# loadtest/results/latest.md (medians over rounds, ratios to the baseline) and latest.json
+# (--name: other names, to keep several runs).
 # Every server is stopped on exit; every run is bounded in time.
 #
 #   loadtest/run.sh                  # throughput, 3 rounds, all scenarios (~8 min)
@@ -36,6 +37,7 @@ MEMORY_KEYS=1000000
 # tollgate's store deadline (its default, 10 ms); the memory mode's fill sends batches of a
 # hundred counters per request and waits longer.
 STORE_DEADLINE_MS=10
+NAME=
 BUILD=1
 VERBOSE=0
 QUICK=0
@@ -63,6 +65,8 @@ Options:
   --keys "N ..."        high-cardinality with each of these key counts (a sweep)
                                                                 [1000000]
   --memory-keys N       counters the memory mode fills          [1000000]
+  --name NAME           write loadtest/results/NAME.md and .json [latest; memory in
+                        memory mode]
   --no-build            use the release binaries already built
   --verbose             show the load generator's progress lines
 EOF
@@ -84,6 +88,7 @@ while [ $# -gt 0 ]; do
     --rules) RULES=$2; shift ;;
     --keys) KEYS=$2; shift ;;
     --memory-keys) MEMORY_KEYS=$2; shift ;;
+    --name) NAME=$2; shift ;;
     --no-build) BUILD=0 ;;
     --verbose) VERBOSE=1 ;;
     -h|--help) usage; exit 0 ;;
@@ -92,6 +97,13 @@ while [ $# -gt 0 ]; do
   shift
 done
 
+if [ -z "$NAME" ]; then
+  NAME=latest
+  [ "$MODE" = memory ] && NAME=memory
+fi
+case "$NAME" in
+  */*|'') echo "--name must be a plain file name" >&2; exit 2 ;;
+esac
 case "$MODE" in
   throughput|latency|both|memory) ;;
   *) echo "--mode must be throughput, latency, both or memory" >&2; exit 2 ;;
@@ -288,9 +300,9 @@ if [ "$MODE" = memory ]; then
     echo "| store | counters added | tollgate RSS before (MiB) | after (MiB) | tollgate growth | Redis used_memory growth |"
     echo "|---|---:|---:|---:|---:|---:|"
     printf '%s\n' "${rows[@]}"
-  } >loadtest/results/memory.md
-  log "wrote loadtest/results/memory.md"
-  cat loadtest/results/memory.md
+  } >"loadtest/results/$NAME.md"
+  log "wrote loadtest/results/$NAME.md"
+  cat "loadtest/results/$NAME.md"
   exit 0
 fi
 
@@ -373,7 +385,7 @@ redis_version=$(redis-cli -u "$REDIS_URL" info server 2>/dev/null | sed -n 's/^r
   echo "- $ROUNDS alternating round(s) per scenario (${LABELS// /, }); each run ${DURATION} s measured after ${WARMUP} s warm-up; $CONNECTIONS HTTP/2 connections x $CONCURRENCY streams"
   echo "- throughput counts answers (OK or OVER_LIMIT); \"x baseline\" is the median over rounds of tollgate / noop in the same round; CPU is cores used by the load generator / the server"
   echo
-  "$LOAD" report --baseline noop --out - --json-out loadtest/results/latest.json "${results[@]}"
-} >loadtest/results/latest.md
-log "wrote loadtest/results/latest.md and latest.json"
-cat loadtest/results/latest.md
+  "$LOAD" report --baseline noop --out - --json-out "loadtest/results/$NAME.json" "${results[@]}"
+} >"loadtest/results/$NAME.md"
+log "wrote loadtest/results/$NAME.md and $NAME.json"
+cat "loadtest/results/$NAME.md"
