@@ -806,19 +806,7 @@ impl Limiter {
     }
 
     async fn store_budget(&self, call: &BudgetCall) -> Result<BudgetReply, DecideError> {
-        let outcome = match tokio::time::timeout(
-            self.options.store_deadline,
-            self.store.budget(call),
-        )
-        .await
-        {
-            Ok(outcome) => outcome,
-            Err(_) => Err(StoreError::Timeout(self.options.store_deadline)),
-        };
-        outcome.map_err(|e| {
-            self.metrics.service.redis_error.increment(1);
-            DecideError::Store(e)
-        })
+        self.call_store(self.store.budget(call)).await
     }
 
     fn raise_alerts(

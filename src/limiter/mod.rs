@@ -29,7 +29,7 @@ use crate::policy::{self, CurrentPolicy};
 use crate::rules::tree::{Algorithm, Period};
 use crate::rules::watch::CurrentRules;
 use crate::rules::{Domain, Limit, Node, Unit};
-use crate::store::{CounterKind, CounterStore, CounterUpdate, Store, StoreError, keys};
+use crate::store::{CounterKind, CounterUpdate, Store, StoreError, keys};
 use crate::telemetry::Metrics;
 
 /// Names of the optional rate-limit response headers.
@@ -806,18 +806,22 @@ impl Limiter {
 
     /// Hands the updates to the store (nothing is copied on the way to Redis).
     async fn apply(&self, updates: Vec<CounterUpdate>) -> Result<Vec<u64>, DecideError> {
-        if let Store::Memory(store) = &self.store {
-            // In this process: it answers at once, there is no deadline to keep.
-            return store.apply(&updates).await.map_err(DecideError::Store);
-        }
-        let outcome = match tokio::time::timeout(
-            self.options.store_deadline,
-            self.store.apply_owned(updates),
-        )
-        .await
-        {
-            Ok(outcome) => outcome,
-            Err(_) => Err(StoreError::Timeout(self.options.store_deadline)),
+        self.call_store(self.store.apply_owned(updates)).await
+    }
+
+    /// Awaits one store call: the memory store's at once (it runs in this process; its
+    /// only wait is the fsync of settled usage, which a deadline would turn into an error
+    /// for usage already charged), Redis' within the store deadline. Failures count in
+    /// the `redis_error` statistic.
+    async fn call_store<T>(
+        &self,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, DecideError> {
+        let outcome = match &self.store {
+            Store::Memory(_) => call.await,
+            Store::Redis(_) => tokio::time::timeout(self.options.store_deadline, call)
+                .await
+                .unwrap_or(Err(StoreError::Timeout(self.options.store_deadline))),
         };
         outcome.map_err(|e| {
             self.metrics.service.redis_error.increment(1);

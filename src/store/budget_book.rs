@@ -1,15 +1,17 @@
 //! The memory store's budget state: the [`super::budget`] contract under one lock.
 //!
 //! Budget calls are few (two per LLM request), so one mutex over all of them is simple
-//! and never contended enough to matter; it makes every call atomic, outbox append
-//! included. The outbox is a [`FileOutbox`] when the store has one (the service always
+//! and never contended enough to matter; it makes every call atomic, the outbox write
+//! included (the fsync that makes the write durable comes after the lock, see
+//! [`BudgetBook::durable_end`]). The outbox is a [`FileOutbox`] when the store has one (the service always
 //! does), else a queue in memory (tests of the counting alone).
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
 
 use super::StoreError;
 use super::budget::{BudgetCall, BudgetLine, BudgetOp, BudgetOutcome, BudgetReply, OutboxEntry};
-use super::outbox::FileOutbox;
+use super::outbox::{Durability, FileOutbox};
 use crate::store::budget::SWEEP_MAX;
 
 #[derive(Debug, Clone, Copy)]
@@ -165,6 +167,15 @@ impl BudgetBook {
         }
     }
 
+    /// Where to wait for the events written so far to be on disk: the file outbox's group
+    /// commit and its current end (none for the memory queue, which is never durable).
+    pub fn durable_end(&self) -> Option<(Arc<Durability>, u64)> {
+        match &self.outbox {
+            Outbox::File(file) => Some((Arc::clone(file.durability()), file.end())),
+            Outbox::Memory { .. } => None,
+        }
+    }
+
     /// Up to `max` events waiting for the ledger, oldest first.
     pub fn pending(&self, max: usize) -> Result<Vec<OutboxEntry>, StoreError> {
         match &self.outbox {
@@ -211,7 +222,7 @@ impl BudgetBook {
 
     fn append(&mut self, event: &str) -> Result<(), StoreError> {
         match &mut self.outbox {
-            Outbox::File(file) => file.append(event).map_err(outbox_error),
+            Outbox::File(file) => file.append(event).map(drop).map_err(outbox_error),
             Outbox::Memory { next, queue } => {
                 *next += 1;
                 queue.push_back(OutboxEntry {
@@ -311,6 +322,6 @@ impl BudgetBook {
     }
 }
 
-fn outbox_error(e: impl std::fmt::Display) -> StoreError {
+pub(super) fn outbox_error(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("usage outbox: {e}"))
 }

@@ -13,8 +13,8 @@ use std::time::Duration;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 
-use super::budget::{BudgetCall, BudgetReply, OutboxEntry};
-use super::budget_book::{BudgetBook, Outbox};
+use super::budget::{BudgetCall, BudgetOp, BudgetOutcome, BudgetReply, OutboxEntry};
+use super::budget_book::{BudgetBook, Outbox, outbox_error};
 use super::outbox::FileOutbox;
 use super::{
     CounterKind, CounterStore, CounterUpdate, StoreError, bucket_in_use, sliding_estimate,
@@ -272,7 +272,19 @@ impl CounterStore for MemoryStore {
     }
 
     async fn budget(&self, call: &BudgetCall) -> Result<BudgetReply, StoreError> {
-        self.book().call(call)
+        let (reply, durable) = {
+            let mut book = self.book();
+            let reply = book.call(call)?;
+            let wrote =
+                matches!(call.op, BudgetOp::Settle { .. }) && reply.outcome == BudgetOutcome::Done;
+            (reply, wrote.then(|| book.durable_end()).flatten())
+        };
+        // The settlement is answered only once its event is on disk; concurrent ones
+        // share the fsync.
+        if let Some((durability, end)) = durable {
+            durability.wait(end).await.map_err(outbox_error)?;
+        }
+        Ok(reply)
     }
 
     async fn outbox_pending(&self, max: usize) -> Result<Vec<OutboxEntry>, StoreError> {

@@ -1,5 +1,5 @@
-//! The memory store's outbox: usage events in an append-only file, fsynced before the
-//! settlement that wrote them is acknowledged, and an acknowledged offset beside it.
+//! The memory store's outbox: usage events in an append-only file, on disk before the
+//! settlement that wrote them is answered, and an acknowledged offset beside it.
 //!
 //! Layout: `<path>` holds one event per line (JSON has no raw newlines). Offsets are
 //! logical: they count every byte ever appended, and `<path>.acked` holds `<base> <acked>`,
@@ -9,6 +9,11 @@
 //! order), and an id never names two events. When everything is acknowledged the file is
 //! emptied (the base moves on), so it only ever holds what the ledger has not yet got.
 //!
+//! Durability is a group commit ([`Durability`]): a settlement writes its line under the
+//! store's lock, then waits, outside it, until an fsync covers that line. One fsync on a
+//! blocking thread covers every line written before it began, so concurrent settlements
+//! share it and the async runtime never waits on the disk.
+//!
 //! Survives a restart: on open, the offsets are read back and the events after the
 //! acknowledged one are pending again. A crash between a write of the offsets and the
 //! emptying of the file makes old events pending again, never loses one; the ledger's
@@ -17,6 +22,8 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::budget::OutboxEntry;
 
@@ -32,6 +39,7 @@ pub struct FileOutbox {
     len: u64,
     /// Logical offset up to which events are acknowledged.
     acked: u64,
+    durability: Arc<Durability>,
 }
 
 impl FileOutbox {
@@ -62,32 +70,48 @@ impl FileOutbox {
             Err(e) => return Err(e),
         };
         let len = base + size;
+        let durability = Arc::new(Durability {
+            file: file.try_clone()?,
+            written: AtomicU64::new(len),
+            synced: AtomicU64::new(len),
+            syncs: AtomicU64::new(0),
+            syncing: tokio::sync::Mutex::new(()),
+        });
         Ok(FileOutbox {
             path,
             file,
             base,
             len,
             acked: acked.clamp(base, len),
+            durability,
         })
     }
 
-    /// Appends one event and waits until it is on disk.
-    pub fn append(&mut self, event: &str) -> io::Result<()> {
+    /// Writes one event and returns the logical offset just past it; it is on disk once
+    /// [`Durability::wait`] for that offset returns.
+    pub fn append(&mut self, event: &str) -> io::Result<u64> {
         debug_assert!(!event.contains('\n'));
         let mut line = Vec::with_capacity(event.len() + 1);
         line.extend_from_slice(event.as_bytes());
         line.push(b'\n');
-        if let Err(e) = self
-            .file
-            .write_all(&line)
-            .and_then(|()| self.file.sync_data())
-        {
+        if let Err(e) = self.file.write_all(&line) {
             // Cut a partial line off, so the file stays one event per line.
-            let _ = self.file.set_len(self.len);
+            let _ = self.file.set_len(self.len - self.base);
             return Err(e);
         }
         self.len += line.len() as u64;
-        Ok(())
+        self.durability.written.store(self.len, Ordering::Release);
+        Ok(self.len)
+    }
+
+    /// Logical offset of the file's end.
+    pub fn end(&self) -> u64 {
+        self.len
+    }
+
+    /// What makes appended events durable.
+    pub fn durability(&self) -> &Arc<Durability> {
+        &self.durability
     }
 
     /// Up to `max` events after the acknowledged offset, oldest first.
@@ -140,6 +164,54 @@ impl FileOutbox {
     /// How many bytes of events wait for the ledger.
     pub fn backlog_bytes(&self) -> u64 {
         self.len - self.acked
+    }
+}
+
+/// The group commit of a [`FileOutbox`]: waits until the file is on disk up to an offset.
+///
+/// One waiter at a time fsyncs (on a blocking thread), covering everything written before
+/// it began; waiters queued meanwhile find their lines covered, or sync the lines written
+/// during the previous fsync together. If an fsync fails, its waiters fail, but their lines
+/// stay written (the ledger writer still reads them from the file) and the next waiter
+/// tries again.
+#[derive(Debug)]
+pub struct Durability {
+    /// A handle of its own on the outbox file, so syncing needs no lock on the outbox.
+    file: File,
+    /// Logical offset of the end of what has been written.
+    written: AtomicU64,
+    /// Logical offset up to which the file is known to be on disk.
+    synced: AtomicU64,
+    /// Fsyncs done (for tests and diagnostics).
+    syncs: AtomicU64,
+    /// Held by the waiter that is syncing.
+    syncing: tokio::sync::Mutex<()>,
+}
+
+impl Durability {
+    /// Returns once everything up to logical offset `offset` is on disk.
+    pub async fn wait(self: &Arc<Self>, offset: u64) -> io::Result<()> {
+        if self.synced.load(Ordering::Acquire) >= offset {
+            return Ok(());
+        }
+        let _syncing = self.syncing.lock().await;
+        if self.synced.load(Ordering::Acquire) >= offset {
+            return Ok(());
+        }
+        // Read before the fsync: every line written by now is covered by it.
+        let target = self.written.load(Ordering::Acquire);
+        let this = Arc::clone(self);
+        tokio::task::spawn_blocking(move || this.file.sync_data())
+            .await
+            .map_err(io::Error::other)??;
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        self.synced.fetch_max(target, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// How many fsyncs have made lines durable.
+    pub fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
     }
 }
 
@@ -196,6 +268,52 @@ mod tests {
         let again = reopened.pending(10).unwrap();
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].event, r#"{"n":4}"#);
+    }
+
+    #[tokio::test]
+    async fn one_fsync_covers_every_line_written_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut outbox = FileOutbox::open(dir.path().join("o")).unwrap();
+        let first = outbox.append("a").unwrap();
+        let last = outbox.append("b").unwrap();
+        let durability = Arc::clone(outbox.durability());
+        durability.wait(last).await.unwrap();
+        durability.wait(first).await.unwrap();
+        assert_eq!(durability.syncs(), 1);
+        durability.wait(last).await.unwrap();
+        assert_eq!(durability.syncs(), 1, "nothing new to sync");
+    }
+
+    #[tokio::test]
+    async fn concurrent_waiters_share_fsyncs() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Arc::new(std::sync::Mutex::new(
+            FileOutbox::open(dir.path().join("o")).unwrap(),
+        ));
+        let tasks: Vec<_> = (0..20)
+            .map(|n| {
+                let outbox = Arc::clone(&outbox);
+                tokio::spawn(async move {
+                    let (offset, durability) = {
+                        let mut outbox = outbox.lock().unwrap();
+                        let offset = outbox.append(&format!("{{\"n\":{n}}}")).unwrap();
+                        (offset, Arc::clone(outbox.durability()))
+                    };
+                    durability.wait(offset).await.unwrap();
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let outbox = outbox.lock().unwrap();
+        // The first waiter syncs its own line; the lines written meanwhile share the next.
+        assert!(
+            outbox.durability().syncs() <= 2,
+            "{} fsyncs",
+            outbox.durability().syncs()
+        );
+        assert_eq!(outbox.pending(100).unwrap().len(), 20);
     }
 
     #[test]
