@@ -21,6 +21,9 @@ use tollgate::store::budget::{
 use tollgate::store::redis::RedisOptions;
 use tollgate::store::{CounterStore, MemoryStore, RedisStore};
 
+#[path = "support/contract.rs"]
+#[macro_use]
+mod contract;
 #[path = "support/private_redis.rs"]
 mod private_redis;
 use private_redis::{PrivateCluster, PrivateRedis};
@@ -251,47 +254,25 @@ impl<S: CounterStore + Clone> Harness<S> {
 // The contract.
 // ---------------------------------------------------------------------------------------
 
-macro_rules! contract {
-    ($($scenario:ident),* $(,)?) => {
-        mod on_memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    super::$scenario(super::memory()).await;
-                }
-            )*
-        }
-        mod on_memory_with_file_outbox {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    super::$scenario(super::memory_file()).await;
-                }
-            )*
-        }
-        mod on_redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    super::$scenario(super::redis().await).await;
-                }
-            )*
-        }
-    };
-}
-
 contract!(
-    a_check_reads_used_and_reserved_and_changes_nothing,
-    a_reservation_is_taken_on_every_line_or_on_none,
-    a_retried_reservation_holds_nothing_twice,
-    a_settlement_releases_the_reservation_and_charges_the_usage,
-    a_repeated_settlement_changes_nothing_and_queues_no_second_event,
-    expired_reservations_are_released_by_the_next_call_and_counted,
-    a_missing_marker_answers_unbuilt_and_changes_nothing,
-    a_rebuild_sets_the_lines_once_and_clears_what_was_reserved,
-    a_soft_line_counts_but_never_refuses,
-    settled_events_wait_in_order_until_acknowledged,
-    concurrent_reservations_grant_exactly_the_limit,
+    [
+        on_memory => super::memory(),
+        on_memory_with_file_outbox => super::memory_file(),
+        on_redis => super::redis().await,
+    ],
+    [
+        a_check_reads_used_and_reserved_and_changes_nothing,
+        a_reservation_is_taken_on_every_line_or_on_none,
+        a_retried_reservation_holds_nothing_twice,
+        a_settlement_releases_the_reservation_and_charges_the_usage,
+        a_repeated_settlement_changes_nothing_and_queues_no_second_event,
+        expired_reservations_are_released_by_the_next_call_and_counted,
+        a_missing_marker_answers_unbuilt_and_changes_nothing,
+        a_rebuild_sets_the_lines_once_and_clears_what_was_reserved,
+        a_soft_line_counts_but_never_refuses,
+        settled_events_wait_in_order_until_acknowledged,
+        concurrent_reservations_grant_exactly_the_limit,
+    ],
 );
 
 async fn a_check_reads_used_and_reserved_and_changes_nothing<S: CounterStore + Clone>(

@@ -22,6 +22,9 @@ use tollgate::store::{
     CounterKind, CounterStore, CounterUpdate, MemoryStore, RedisStore, StoreError,
 };
 
+#[path = "support/contract.rs"]
+#[macro_use]
+mod contract;
 #[path = "support/private_redis.rs"]
 mod private_redis;
 use private_redis::{PrivateCluster, PrivateRedis, Ready, free_port};
@@ -258,55 +261,37 @@ impl<S: CounterStore + Clone> Harness<S> {
 // The contract.
 // ---------------------------------------------------------------------------------------
 
-macro_rules! contract {
-    ($($scenario:ident),* $(,)?) => {
-        mod on_memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    super::$scenario(super::memory()).await;
-                }
-            )*
-        }
-        mod on_redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    super::$scenario(super::redis().await).await;
-                }
-            )*
-        }
-    };
-}
-
 contract!(
-    a_counter_counts_from_zero,
-    several_hits_are_added_at_once,
-    a_check_only_read_creates_no_counter,
-    a_refund_never_takes_a_counter_below_zero,
-    a_cap_leaves_the_counter_unchanged_and_reports_the_value_before,
-    a_batch_returns_each_value_before_its_update_in_order,
-    counters_do_not_interfere,
-    a_counter_expires_after_its_ttl_and_starts_again_from_zero,
-    concurrent_increments_are_never_lost_and_the_cap_holds_exactly,
-    a_sliding_estimate_adds_the_previous_window_weighted_and_rounded_down,
-    a_sliding_window_counts_hits_only_while_the_estimate_stays_within_the_limit,
-    a_sliding_check_only_read_creates_no_counter,
-    a_sliding_refund_never_takes_the_current_window_below_zero,
-    a_sliding_counter_keeps_the_ttl_it_was_created_with,
-    a_sliding_window_keeps_about_the_limit_across_a_boundary_where_a_fixed_one_lets_twice_through,
-    a_sliding_estimate_is_exact_for_large_previous_counts,
-    concurrent_sliding_hits_admit_exactly_the_limit,
-    a_bucket_passes_a_burst_then_one_token_per_interval,
-    a_bucket_reports_tokens_in_use_rounded_up,
-    a_refused_take_consumes_nothing,
-    a_bucket_check_only_read_creates_no_counter_and_consumes_nothing,
-    a_bucket_takes_several_tokens_at_once_or_none,
-    a_bucket_refund_gives_tokens_back_but_never_beyond_capacity,
-    a_zero_bucket_interval_is_read_as_one_microsecond,
-    concurrent_takes_admit_exactly_the_capacity,
-    an_idle_counter_counts_reads_refunds_and_caps_like_a_window,
-    concurrent_idle_charges_admit_exactly_the_cap,
+    [on_memory => super::memory(), on_redis => super::redis().await],
+    [
+        a_counter_counts_from_zero,
+        several_hits_are_added_at_once,
+        a_check_only_read_creates_no_counter,
+        a_refund_never_takes_a_counter_below_zero,
+        a_cap_leaves_the_counter_unchanged_and_reports_the_value_before,
+        a_batch_returns_each_value_before_its_update_in_order,
+        counters_do_not_interfere,
+        a_counter_expires_after_its_ttl_and_starts_again_from_zero,
+        concurrent_increments_are_never_lost_and_the_cap_holds_exactly,
+        a_sliding_estimate_adds_the_previous_window_weighted_and_rounded_down,
+        a_sliding_window_counts_hits_only_while_the_estimate_stays_within_the_limit,
+        a_sliding_check_only_read_creates_no_counter,
+        a_sliding_refund_never_takes_the_current_window_below_zero,
+        a_sliding_counter_keeps_the_ttl_it_was_created_with,
+        a_sliding_window_keeps_about_the_limit_across_a_boundary_where_a_fixed_one_lets_twice_through,
+        a_sliding_estimate_is_exact_for_large_previous_counts,
+        concurrent_sliding_hits_admit_exactly_the_limit,
+        a_bucket_passes_a_burst_then_one_token_per_interval,
+        a_bucket_reports_tokens_in_use_rounded_up,
+        a_refused_take_consumes_nothing,
+        a_bucket_check_only_read_creates_no_counter_and_consumes_nothing,
+        a_bucket_takes_several_tokens_at_once_or_none,
+        a_bucket_refund_gives_tokens_back_but_never_beyond_capacity,
+        a_zero_bucket_interval_is_read_as_one_microsecond,
+        concurrent_takes_admit_exactly_the_capacity,
+        an_idle_counter_counts_reads_refunds_and_caps_like_a_window,
+        concurrent_idle_charges_admit_exactly_the_cap,
+    ],
 );
 
 fn idle(key: &str, hits: u64, idle_secs: u64) -> CounterUpdate {
