@@ -100,17 +100,31 @@ impl Ledger {
             });
         }
         let options = AnyConnectOptions::from_str(&url)?;
-        let pool = AnyPoolOptions::new()
+        let mut pool_options = AnyPoolOptions::new()
             // SQLite allows one writer at a time; a single connection avoids busy errors.
             .max_connections(if backend == Backend::Sqlite { 1 } else { 10 })
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options)
-            .await?;
+            .acquire_timeout(Duration::from_secs(5));
         if backend == Backend::Sqlite {
-            sqlx::query("PRAGMA foreign_keys = ON")
-                .execute(&pool)
-                .await?;
+            // Per connection, so a connection the pool opens to replace one has them too.
+            pool_options = pool_options.after_connect(|conn, _| {
+                Box::pin(async move {
+                    for pragma in [
+                        // SQLite leaves foreign keys unenforced unless asked, per connection.
+                        "PRAGMA foreign_keys = ON",
+                        // A commit appends to the write-ahead log and syncs it once, instead
+                        // of syncing a rollback journal and then the database file.
+                        "PRAGMA journal_mode = WAL",
+                        // Sync the log at every commit: a committed transaction survives a
+                        // power loss (NORMAL could lose the last ones).
+                        "PRAGMA synchronous = FULL",
+                    ] {
+                        sqlx::query(pragma).execute(&mut *conn).await?;
+                    }
+                    Ok(())
+                })
+            });
         }
+        let pool = pool_options.connect_with(options).await?;
         let (changes, _) = broadcast::channel(64);
         Ok(Ledger {
             pool,

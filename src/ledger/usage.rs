@@ -5,13 +5,16 @@
 //! Money on this path is integer micro-units. Each line is rounded once, when it is priced
 //! ([`crate::money::cost_micros`]); an entry's cost is the exact sum of its lines.
 
+use std::collections::HashSet;
+use std::fmt::Write as _;
+
 use serde::{Deserialize, Serialize};
 use sqlx::{Any, Transaction};
 use utoipa::ToSchema;
 
 use super::prices::{MAX_TIME_MS, price_at_in, validate_model, validate_time};
 use super::tenants::{Invalid, tenant_in, validate_currency, validate_slug, validate_text};
-use super::{Ledger, LedgerError, audit, new_id};
+use super::{Backend, Ledger, LedgerError, audit, new_id};
 use crate::money::{MAX_MICROS, cost_micros, format_micros, parse_micros};
 
 /// Longest request id accepted (Envoy's `x-request-id` is a 36-character UUID).
@@ -267,18 +270,45 @@ impl Ledger {
                 ))
             })?;
         }
+        if events.is_empty() {
+            return Ok(RecordOutcome::default());
+        }
         let now = self.now_ms();
-        let mut outcome = RecordOutcome::default();
+        // The first event of each request id gets an entry id; a repeat later in the batch
+        // is a duplicate and never reaches the database.
+        let mut seen = HashSet::with_capacity(events.len());
+        let ids: Vec<Option<String>> = events
+            .iter()
+            .map(|event| seen.insert(event.request_id.as_str()).then(new_id))
+            .collect();
+        let fresh: Vec<(&str, &UsageEvent)> = ids
+            .iter()
+            .zip(events)
+            .filter_map(|(id, event)| Some((id.as_deref()?, event)))
+            .collect();
+
+        // A constant number of statements per batch (each one is a round trip to the
+        // database, or to sqlx's SQLite worker thread): one multi-row insert for the
+        // entries, one for their lines, more only past the bind-parameter limit.
         let mut tx = self.begin().await?;
-        for event in events {
-            if insert_event(&mut tx, now, event).await? {
+        let inserted = insert_entries(&mut tx, self.backend(), now, &fresh).await?;
+        let lines: Vec<(&str, &UsageLine)> = fresh
+            .iter()
+            .filter(|(id, _)| inserted.contains(*id))
+            .flat_map(|(id, event)| event.lines.iter().map(move |line| (*id, line)))
+            .collect();
+        insert_lines(&mut tx, self.backend(), &lines).await?;
+        tx.commit().await?;
+
+        let mut outcome = RecordOutcome::default();
+        for (id, event) in ids.iter().zip(events) {
+            if id.as_ref().is_some_and(|id| inserted.contains(id)) {
                 outcome.inserted += 1;
             } else {
                 outcome.duplicates += 1;
                 outcome.duplicate_request_ids.push(event.request_id.clone());
             }
         }
-        tx.commit().await?;
         Ok(outcome)
     }
 
@@ -357,46 +387,99 @@ impl Ledger {
     }
 }
 
-/// Inserts one event unless its request id is recorded; whether it was new.
-async fn insert_event(
+/// Most bind parameters in one statement: under SQLite's limit (32,766) and PostgreSQL's
+/// (65,535).
+const MAX_BINDS: usize = 30_000;
+/// Bind parameters per `ledger_entries` row in [`insert_entries`].
+const ENTRY_BINDS: usize = 11;
+/// Bind parameters per `ledger_lines` row in [`insert_lines`].
+const LINE_BINDS: usize = 4;
+
+/// Inserts an entry for each `(entry id, event)` whose request id is not recorded yet; the
+/// ids of the entries inserted. The request ids must be distinct.
+async fn insert_entries(
     tx: &mut Transaction<'static, Any>,
+    backend: Backend,
     now: i64,
-    event: &UsageEvent,
-) -> Result<bool, LedgerError> {
-    let id = new_id();
-    // Both PostgreSQL and SQLite take this form; only the request id's uniqueness is
-    // ignored, any other failure still surfaces.
-    let inserted = sqlx::query(
-        "INSERT INTO ledger_entries (id, kind, request_id, tenant_id, session_id, model, domain, cost_micros, currency, \
-         occurred_at, recorded_at, note) VALUES ($1, 'usage', $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL) \
-         ON CONFLICT (request_id) DO NOTHING",
-    )
-    .bind(&id)
-    .bind(&event.request_id)
-    .bind(&event.tenant_id)
-    .bind(event.session_id.clone())
-    .bind(event.model.clone())
-    .bind(event.domain.clone())
-    .bind(event.cost_micros())
-    .bind(&event.currency)
-    .bind(event.occurred_at)
-    .bind(now)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    if inserted == 0 {
-        return Ok(false);
+    events: &[(&str, &UsageEvent)],
+) -> Result<HashSet<String>, LedgerError> {
+    let mut inserted = HashSet::with_capacity(events.len());
+    for chunk in events.chunks(MAX_BINDS / ENTRY_BINDS) {
+        // Both PostgreSQL and SQLite take this form; only the request id's uniqueness is
+        // ignored, any other failure still surfaces. A skipped row returns no id.
+        let sql = format!(
+            "INSERT INTO ledger_entries (id, kind, request_id, tenant_id, session_id, model, domain, cost_micros, \
+             currency, occurred_at, recorded_at) VALUES {} ON CONFLICT (request_id) DO NOTHING RETURNING id",
+            placeholders(backend, chunk.len(), ENTRY_BINDS)
+        );
+        let mut query = sqlx::query_scalar::<_, String>(&sql);
+        for (id, event) in chunk {
+            query = query
+                .bind(*id)
+                .bind("usage")
+                .bind(event.request_id.as_str())
+                .bind(event.tenant_id.as_str())
+                .bind(event.session_id.as_deref())
+                .bind(event.model.as_deref())
+                .bind(event.domain.as_deref())
+                .bind(event.cost_micros())
+                .bind(event.currency.as_str())
+                .bind(event.occurred_at)
+                .bind(now);
+        }
+        inserted.extend(query.fetch_all(&mut **tx).await?);
     }
-    for line in &event.lines {
-        sqlx::query("INSERT INTO ledger_lines (entry_id, token_type, tokens, cost_micros) VALUES ($1, $2, $3, $4)")
-            .bind(&id)
-            .bind(&line.token_type)
-            .bind(line.tokens as i64)
-            .bind(line.cost_micros)
-            .execute(&mut **tx)
-            .await?;
+    Ok(inserted)
+}
+
+/// Inserts `(entry id, line)` rows.
+async fn insert_lines(
+    tx: &mut Transaction<'static, Any>,
+    backend: Backend,
+    lines: &[(&str, &UsageLine)],
+) -> Result<(), LedgerError> {
+    for chunk in lines.chunks(MAX_BINDS / LINE_BINDS) {
+        let sql = format!(
+            "INSERT INTO ledger_lines (entry_id, token_type, tokens, cost_micros) VALUES {}",
+            placeholders(backend, chunk.len(), LINE_BINDS)
+        );
+        let mut query = sqlx::query(&sql);
+        for (id, line) in chunk {
+            query = query
+                .bind(*id)
+                .bind(line.token_type.as_str())
+                .bind(line.tokens as i64)
+                .bind(line.cost_micros);
+        }
+        query.execute(&mut **tx).await?;
     }
-    Ok(true)
+    Ok(())
+}
+
+/// `rows` tuples of `width` placeholders, bound in order: `($1, $2), ($3, $4)` for
+/// PostgreSQL, `(?, ?), (?, ?)` for SQLite.
+///
+/// SQLite takes `$N` as a parameter *name* and finds each name by a linear search, both
+/// when it prepares the statement and when sqlx binds it, which is quadratic in the number
+/// of parameters (seconds for a full statement); a bare `?` is simply the next position.
+fn placeholders(backend: Backend, rows: usize, width: usize) -> String {
+    let mut sql = String::with_capacity(rows * width * 8);
+    for row in 0..rows {
+        sql.push_str(if row == 0 { "(" } else { ", (" });
+        for column in 0..width {
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            match backend {
+                Backend::Postgres => {
+                    write!(sql, "${}", row * width + column + 1).expect("writing to a String")
+                }
+                Backend::Sqlite => sql.push('?'),
+            }
+        }
+        sql.push(')');
+    }
+    sql
 }
 
 #[cfg(test)]
@@ -466,6 +549,16 @@ mod tests {
         let mut no_id = event(vec![]);
         no_id.request_id.clear();
         assert_eq!(no_id.validate().unwrap_err().field, "request_id");
+    }
+
+    #[test]
+    fn placeholders_number_every_row_on() {
+        assert_eq!(placeholders(Backend::Postgres, 1, 1), "($1)");
+        assert_eq!(
+            placeholders(Backend::Postgres, 2, 3),
+            "($1, $2, $3), ($4, $5, $6)"
+        );
+        assert_eq!(placeholders(Backend::Sqlite, 2, 2), "(?, ?), (?, ?)");
     }
 
     #[test]

@@ -108,6 +108,46 @@ on_both_databases! {
         assert_eq!(cost, 8_850);
     }
 
+    async fn a_large_batch_records_each_request_id_and_its_lines_once(db: Db) {
+        let app = spawn(db).await;
+        app.tenant("acme").await;
+        let event = |request_id: &str, input: u64| UsageEvent {
+            request_id: request_id.into(),
+            tenant_id: "acme".into(),
+            session_id: None,
+            model: Some("claude-sonnet".into()),
+            domain: Some(DOMAIN.into()),
+            occurred_at: NOW,
+            currency: "USD".into(),
+            lines: vec![line("input", input, 3), line("output", 1, 15), line("cached_input", 2, 0)],
+        };
+        app.ledger.record_usage(&[event("r-old", 1)]).await.unwrap();
+
+        // One already recorded, then r-new twice (the second copy differs, and is far
+        // enough behind the first to fall in the next insert statement), with enough
+        // events between them that entries and lines each take two statements.
+        const FILLER: u64 = 3_000;
+        let mut batch = vec![event("r-old", 1_000), event("r-new", 7)];
+        batch.extend((0..FILLER).map(|i| event(&format!("r-{i}"), 10)));
+        batch.push(event("r-new", 1_000));
+        let outcome = app.ledger.record_usage(&batch).await.unwrap();
+        assert_eq!((outcome.inserted, outcome.duplicates), (1 + FILLER as usize, 2));
+        assert_eq!(outcome.duplicate_request_ids, vec!["r-old".to_owned(), "r-new".to_owned()]);
+
+        let entries = 2 + FILLER as i64;
+        assert_eq!(count(&app, "ledger_entries").await, entries);
+        assert_eq!(count(&app, "ledger_lines").await, 3 * entries, "each entry's lines once");
+        let tokens: i64 = sqlx::query_scalar("SELECT CAST(SUM(tokens) AS BIGINT) FROM ledger_lines")
+            .fetch_one(app.ledger.pool()).await.unwrap();
+        assert_eq!(tokens as u64, (1 + 3) + (7 + 3) + FILLER * (10 + 3));
+        let new_input: i64 = sqlx::query_scalar(
+            "SELECT l.tokens FROM ledger_lines l JOIN ledger_entries e ON e.id = l.entry_id \
+             WHERE e.request_id = 'r-new' AND l.token_type = 'input'",
+        )
+        .fetch_one(app.ledger.pool()).await.unwrap();
+        assert_eq!(new_input, 7, "the first copy in the batch is the one recorded");
+    }
+
     async fn the_worked_example_costs_exactly_0_008850_usd(db: Db) {
         let app = spawn(db).await;
         app.tenant("acme").await;
