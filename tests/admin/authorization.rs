@@ -297,16 +297,7 @@ fn event(
 /// budget; a token of every role and a revoked admin token.
 async fn seed(app: &AdminApp) -> Seed {
     for tenant in [ALPHA, BRAVO] {
-        app.tenant(tenant).await;
-        app.ledger
-            .set_tenant_status(
-                "test",
-                tenant,
-                &[TenantStatus::Pending],
-                TenantStatus::Active,
-            )
-            .await
-            .unwrap();
+        app.active_tenant(tenant, &[]).await;
     }
     for (token_type, amount) in [("input", "3.00"), ("output", "15.00")] {
         let price = json!({"model": "claude-sonnet", "token_type": token_type, "currency": "USD", "price_per_million": amount, "effective_from": NOV_1});
@@ -412,11 +403,7 @@ async fn seed(app: &AdminApp) -> Seed {
 async fn make_fresh(app: &AdminApp, seed: &mut Seed, fresh: Fresh, n: usize) -> Option<String> {
     let zulu_tenant = async |status: TenantStatus| {
         let id = format!("{ZULU}{n}");
-        app.tenant(&id).await;
-        app.ledger
-            .set_tenant_status("test", &id, &[TenantStatus::Pending], TenantStatus::Active)
-            .await
-            .unwrap();
+        app.active_tenant(&id, &[]).await;
         if status == TenantStatus::Suspended {
             app.post(&format!("/tenants/{id}/suspend"), ADMIN, json!({}))
                 .await
