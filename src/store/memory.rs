@@ -100,7 +100,9 @@ impl MemoryStore {
         self.slots.is_empty()
     }
 
-    /// Sweeps every `every` until the store is dropped.
+    /// Sweeps every `every` until the store is dropped, on a blocking thread: a sweep
+    /// walks every counter (a million take milliseconds), and requests must not wait
+    /// behind it.
     pub fn spawn_sweeper(&self, every: Duration) -> tokio::task::JoinHandle<()> {
         let (slots, budgets) = (Arc::downgrade(&self.slots), Arc::downgrade(&self.budgets));
         let clock = self.clock.clone();
@@ -118,19 +120,34 @@ impl MemoryStore {
                     budgets,
                     clock: clock.clone(),
                 };
-                store.sweep();
+                if tokio::task::spawn_blocking(move || store.sweep())
+                    .await
+                    .is_err()
+                {
+                    tracing::error!("the memory store's sweep panicked");
+                }
             }
         })
     }
 
-    fn apply_one(&self, update: &CounterUpdate, now_secs: u64) -> u64 {
+    /// Applies `updates` in order; each key moves into the map if it creates a counter.
+    pub fn apply_owned(&self, updates: Vec<CounterUpdate>) -> Vec<u64> {
+        let now = self.clock.now_secs();
+        updates
+            .into_iter()
+            .map(|u| self.apply_one(u, now))
+            .collect()
+    }
+
+    fn apply_one(&self, update: CounterUpdate, now_secs: u64) -> u64 {
         let hits = update.hits;
+        let refund = update.refund;
         match &update.kind {
-            CounterKind::Window { ttl_secs, cap } => self.update(&update.key, now_secs, |count| {
+            CounterKind::Window { ttl_secs, cap } => self.update(update.key, now_secs, |count| {
                 let before = count.unwrap_or(0);
                 let after = if hits == 0 {
                     None
-                } else if update.refund {
+                } else if refund {
                     count.map(|c| c.saturating_sub(hits))
                 } else if cap.is_none_or(|cap| before.saturating_add(hits) <= cap) {
                     Some(before.saturating_add(hits))
@@ -142,12 +159,12 @@ impl MemoryStore {
                     after.map(|a| (a, Expiry::IfNew(now_secs + ttl_secs.max(&1)))),
                 )
             }),
-            CounterKind::Idle { idle_secs, cap } => self.update(&update.key, now_secs, |count| {
+            CounterKind::Idle { idle_secs, cap } => self.update(update.key, now_secs, |count| {
                 let before = count.unwrap_or(0);
                 let refreshed = Expiry::At(now_secs + idle_secs.max(&1));
                 let write = if hits == 0 {
                     None
-                } else if update.refund {
+                } else if refund {
                     // An existing counter keeps its expiry (`IfNew` on a live slot).
                     count.map(|c| (c.saturating_sub(hits), Expiry::IfNew(now_secs)))
                 } else if cap.is_none_or(|cap| before.saturating_add(hits) <= cap) {
@@ -165,14 +182,13 @@ impl MemoryStore {
                 limit,
             } => {
                 // The previous window is closed, so reading it apart from the update is safe.
-                let previous =
-                    self.update(previous_key, now_secs, |count| (count.unwrap_or(0), None));
-                self.update(&update.key, now_secs, |count| {
+                let previous = self.read(previous_key, now_secs).unwrap_or(0);
+                self.update(update.key, now_secs, |count| {
                     let current = count.unwrap_or(0);
                     let before = sliding_estimate(current, previous, *previous_weight_ppm);
                     let after = if hits == 0 {
                         None
-                    } else if update.refund {
+                    } else if refund {
                         count.map(|c| c.saturating_sub(hits))
                     } else if before.saturating_add(hits) <= *limit {
                         Some(current.saturating_add(hits))
@@ -189,7 +205,7 @@ impl MemoryStore {
                 now_us,
                 interval_us,
                 capacity,
-            } => self.update(&update.key, now_secs, |stored| {
+            } => self.update(update.key, now_secs, |stored| {
                 // A zero interval reads as 1 us, as in `bucket_in_use` and the Redis script;
                 // taken as zero it would make every take free.
                 let interval = (*interval_us).max(1);
@@ -198,7 +214,7 @@ impl MemoryStore {
                 let cost = hits.saturating_mul(interval);
                 let new_tat = if hits == 0 {
                     None
-                } else if update.refund {
+                } else if refund {
                     stored.map(|_| tat.saturating_sub(cost).max(*now_us))
                 } else if in_use.saturating_add(hits) <= *capacity {
                     Some(tat.saturating_add(cost))
@@ -214,28 +230,25 @@ impl MemoryStore {
         }
     }
 
+    /// The live value of `key`, if any.
+    fn read(&self, key: &str, now_secs: u64) -> Option<u64> {
+        self.slots
+            .get(key)
+            .filter(|slot| slot.expires_at > now_secs)
+            .map(|slot| slot.count)
+    }
+
     /// Runs `f` on the live value of `key` (`None` when absent or expired) under the
-    /// key's lock, and stores the new value and expiry `f` returns, if any.
+    /// key's lock, and stores the new value and expiry `f` returns, if any. One lookup;
+    /// the key is kept only when it creates the counter.
     fn update<R>(
         &self,
-        key: &str,
+        key: String,
         now_secs: u64,
         f: impl FnOnce(Option<u64>) -> (R, Option<(u64, Expiry)>),
     ) -> R {
-        if let Some(mut slot) = self.slots.get_mut(key)
-            && slot.expires_at > now_secs
-        {
-            let (out, write) = f(Some(slot.count));
-            if let Some((count, expiry)) = write {
-                slot.count = count;
-                if let Expiry::At(at) = expiry {
-                    slot.expires_at = at;
-                }
-            }
-            return out;
-        }
-        match self.slots.entry(key.to_owned()) {
-            // Created between the two lookups, or expired and not yet swept.
+        match self.slots.entry(key) {
+            // Live, or expired and not yet swept.
             Entry::Occupied(mut e) => {
                 let live = (e.get().expires_at > now_secs).then_some(e.get().count);
                 let (out, write) = f(live);
@@ -245,7 +258,7 @@ impl MemoryStore {
                             (Expiry::IfNew(_), Some(_)) => e.get().expires_at,
                             (Expiry::IfNew(at) | Expiry::At(at), _) => at,
                         };
-                        e.insert(Slot { count, expires_at });
+                        *e.get_mut() = Slot { count, expires_at };
                     }
                     None if live.is_none() => {
                         e.remove();
@@ -267,8 +280,7 @@ impl MemoryStore {
 
 impl CounterStore for MemoryStore {
     async fn apply(&self, updates: &[CounterUpdate]) -> Result<Vec<u64>, StoreError> {
-        let now = self.clock.now_secs();
-        Ok(updates.iter().map(|u| self.apply_one(u, now)).collect())
+        Ok(self.apply_owned(updates.to_vec()))
     }
 
     async fn budget(&self, call: &BudgetCall) -> Result<BudgetReply, StoreError> {
