@@ -3,12 +3,13 @@
 //! Closed loop: `connections x concurrency` workers, each sending its next request when the
 //! previous one is answered; latency is each call's own time.
 //!
-//! Open loop: requests are due at a fixed rate. A pacer thread (plain `thread::sleep`,
-//! finer than tokio's millisecond timer) releases one permit per due request; workers take
-//! the permits in order, and each request's latency counts from the time it was *due*,
-//! not from when a worker got round to it. So a server that stalls is charged for the
-//! queue it causes (no coordinated omission). The pacer wakes a few tens of microseconds
-//! late at worst, which the numbers include. Requests still queued when the run ends are
+//! Open loop: requests are due at a fixed rate. A pacer task releases one permit per due
+//! request; workers take the permits in order, and each request's latency counts from the
+//! time it was *due*, not from when a worker got round to it. So a server that stalls is
+//! charged for the queue it causes (no coordinated omission). Below tokio's millisecond
+//! timer the pacer yields instead of sleeping, so it releases requests within the time
+//! the workers' ready tasks take to run, and the generator's core shows busy whatever the
+//! rate; its lateness is part of the numbers. Requests still queued when the run ends are
 //! reported as `dropped`.
 
 use std::sync::Arc;
@@ -368,6 +369,9 @@ pub async fn run_closed(
     run
 }
 
+/// tokio's timer resolution: the pacer sleeps only for waits longer than this.
+const TIMER_TICK: Duration = Duration::from_millis(1);
+
 /// Open loop at `rate` requests per second, at most `connections x concurrency` in flight.
 pub async fn run_open(
     config: &RunConfig,
@@ -384,11 +388,14 @@ pub async fn run_open(
     let next_ticket = Arc::new(AtomicU64::new(0));
     let released = Arc::new(AtomicU64::new(0));
 
-    // The pacer: a plain thread, so releases are not rounded to tokio's 1 ms timer.
+    // The pacer: a task on the workers' runtime, so a release wakes a worker without a
+    // cross-thread wake-up. tokio's timer ticks in whole milliseconds, so it sleeps only
+    // while the next due request is further off than that, and otherwise yields: it runs
+    // again as soon as the workers' ready tasks have run, and releases what has come due.
     let pacer = {
         let permits = permits.clone();
         let released = released.clone();
-        std::thread::spawn(move || {
+        tokio::spawn(async move {
             let mut sent: u64 = 0;
             loop {
                 let now = Instant::now();
@@ -407,9 +414,11 @@ pub async fn run_open(
                 } else {
                     clock.start + interval.mul_f64(sent as f64)
                 };
-                let wait = next.saturating_duration_since(Instant::now());
-                if !wait.is_zero() {
-                    std::thread::sleep(wait);
+                match next.checked_duration_since(Instant::now()) {
+                    Some(wait) if wait > TIMER_TICK => {
+                        tokio::time::sleep_until((next - TIMER_TICK).into()).await;
+                    }
+                    _ => tokio::task::yield_now().await,
                 }
             }
             // Whatever is still queued now will not be sent: waiting workers stop.
@@ -460,7 +469,7 @@ pub async fn run_open(
     for worker in workers {
         tallies.push(worker.await.expect("a load worker does not panic"));
     }
-    pacer.join().expect("the pacer does not panic");
+    pacer.await.expect("the pacer does not panic");
     if let Some(progress) = progress {
         progress.abort();
     }
