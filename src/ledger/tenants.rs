@@ -176,6 +176,15 @@ pub fn validate_text(field: &str, value: &str, max: usize) -> Result<(), Invalid
     if value.trim().is_empty() || value.chars().count() > max {
         Err(Invalid::new(field, format!("must be 1-{max} characters")))
     } else {
+        validate_no_nul(field, value)
+    }
+}
+
+/// Refuses NUL characters, which PostgreSQL text cannot hold.
+pub fn validate_no_nul(field: &str, value: &str) -> Result<(), Invalid> {
+    if value.contains('\0') {
+        Err(Invalid::new(field, "must not contain a NUL character"))
+    } else {
         Ok(())
     }
 }

@@ -13,7 +13,9 @@ use sqlx::{Any, Transaction};
 use utoipa::ToSchema;
 
 use super::prices::{MAX_TIME_MS, price_at_in, validate_model, validate_time};
-use super::tenants::{Invalid, tenant_in, validate_currency, validate_slug, validate_text};
+use super::tenants::{
+    Invalid, tenant_in, validate_currency, validate_no_nul, validate_slug, validate_text,
+};
 use super::{Backend, Ledger, LedgerError, audit, new_id};
 use crate::money::{MAX_MICROS, cost_micros, format_micros, parse_micros};
 
@@ -67,6 +69,7 @@ impl UsageEvent {
                 format!("must be 1-{MAX_REQUEST_ID} bytes"),
             ));
         }
+        validate_no_nul("request_id", &self.request_id)?;
         validate_slug("tenant_id", &self.tenant_id)?;
         if let Some(session) = &self.session_id {
             validate_text("session_id", session, MAX_REQUEST_ID)?;
@@ -93,6 +96,7 @@ impl UsageEvent {
                     format!("must be 1-{MAX_TOKEN_TYPE} bytes"),
                 ));
             }
+            validate_no_nul(&format!("lines[{i}].token_type"), &line.token_type)?;
             if self.lines[..i]
                 .iter()
                 .any(|l| l.token_type == line.token_type)
@@ -549,10 +553,21 @@ mod tests {
         let mut no_id = event(vec![]);
         no_id.request_id.clear();
         assert_eq!(no_id.validate().unwrap_err().field, "request_id");
+        // PostgreSQL text cannot hold NUL: refused here, naming the field, not by the ledger.
+        let mut nul_id = event(vec![]);
+        nul_id.request_id = "r\u{0}9".into();
+        assert_eq!(nul_id.validate().unwrap_err().field, "request_id");
+        let nul_type = event(vec![line("in\u{0}put", 1, 1)])
+            .validate()
+            .unwrap_err();
+        assert_eq!(nul_type.field, "lines[0].token_type");
+        let mut nul_session = event(vec![]);
+        nul_session.session_id = Some("s\u{0}1".into());
+        assert_eq!(nul_session.validate().unwrap_err().field, "session_id");
     }
 
     #[test]
-    fn placeholders_number_every_row_on() {
+    fn placeholders_number_every_row_in_order() {
         assert_eq!(placeholders(Backend::Postgres, 1, 1), "($1)");
         assert_eq!(
             placeholders(Backend::Postgres, 2, 3),

@@ -268,23 +268,6 @@ pub fn parse_event(text: &str) -> Result<UsageEvent, String> {
     event
         .validate()
         .map_err(|invalid| format!("invalid {}: {}", invalid.field, invalid.message))?;
-    // PostgreSQL text cannot hold NUL; such an event would fail its whole batch forever.
-    let texts = [
-        Some(&event.request_id),
-        Some(&event.tenant_id),
-        event.session_id.as_ref(),
-        event.model.as_ref(),
-        event.domain.as_ref(),
-        Some(&event.currency),
-    ];
-    if texts
-        .into_iter()
-        .flatten()
-        .chain(event.lines.iter().map(|l| &l.token_type))
-        .any(|t| t.contains('\0'))
-    {
-        return Err("a text field contains a NUL character, which the ledger cannot store".into());
-    }
     Ok(event)
 }
 

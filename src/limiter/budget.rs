@@ -691,6 +691,15 @@ impl Limiter {
                 .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned);
             let (event, unpriced) =
                 settlement.event(policy, tenant, domain, &request_id, now_ms as i64);
+            // Refused before anything is charged: the ledger could never record it, and
+            // counters charged without a ledger entry would drift from it for good.
+            event
+                .validate()
+                .map_err(|invalid| DecideError::InvalidUsage {
+                    request_id: request_id.chars().take(64).collect(),
+                    field: invalid.field,
+                    message: invalid.message,
+                })?;
             if !unpriced.is_empty() {
                 self.metrics
                     .budgets

@@ -88,6 +88,12 @@ pub enum DecideError {
     UnknownOverrideUnit { index: usize },
     #[error("descriptor {index}: the estimate '{value}' is not a whole number of tokens")]
     InvalidEstimate { index: usize, value: String },
+    #[error("the usage of request {request_id:?} cannot be recorded: {field} {message}")]
+    InvalidUsage {
+        request_id: String,
+        field: String,
+        message: String,
+    },
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
 }

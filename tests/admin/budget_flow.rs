@@ -339,6 +339,29 @@ on_both_databases! {
         assert_eq!((events, tokens, cost), (1, 1_550, 8_850), "the worked example, once");
     }
 
+    async fn usage_the_ledger_could_not_record_is_refused_before_anything_is_charged(db: Db) {
+        let app = spawn(db).await;
+        llm_tenant(&app).await;
+        hourly_tokens(&app, 10_000).await;
+        let entries = [
+            ("tenant_id", "acme"),
+            ("model", MODEL),
+            ("request_id", "r\u{0}9"),
+            ("token_type", "input"),
+        ];
+        let refused = app.try_decide_with(&[(&entries, Some(1_200))]).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unknown);
+        assert!(
+            refused.message().contains("request_id must not contain a NUL character"),
+            "{}",
+            refused.message()
+        );
+        assert_eq!(remaining(&guard(&app, None).await), 10_000, "nothing charged");
+        settle(&app, "r-9", 1_200, 350).await;
+        let (events, tokens, _) = ledger_settles_at(&app.ledger, 1).await;
+        assert_eq!((events, tokens), (1, 1_550), "only the valid request reached the ledger");
+    }
+
     async fn a_berlin_month_ends_at_local_midnight_and_each_request_pays_the_price_in_force(db: Db) {
         let app = spawn(db).await;
         llm_tenant(&app).await;

@@ -233,6 +233,16 @@ impl AdminApp {
     /// Calls `ShouldRateLimit` in [`DOMAIN`] with one descriptor per entry list, each with
     /// its own `hits_addend` when given (0 checks only; usage carries its token count).
     pub async fn decide_with(&self, descriptors: &[WithAddend<'_>]) -> RateLimitResponse {
+        self.try_decide_with(descriptors)
+            .await
+            .expect("ShouldRateLimit answers")
+    }
+
+    /// [`AdminApp::decide_with`], with the gRPC error when the call fails.
+    pub async fn try_decide_with(
+        &self,
+        descriptors: &[WithAddend<'_>],
+    ) -> Result<RateLimitResponse, tonic::Status> {
         let request = RateLimitRequest {
             domain: DOMAIN.into(),
             descriptors: descriptors
@@ -256,8 +266,7 @@ impl AdminApp {
             .clone()
             .should_rate_limit(request)
             .await
-            .expect("ShouldRateLimit answers")
-            .into_inner()
+            .map(tonic::Response::into_inner)
     }
 
     /// Creates a pending tenant with defaults.
