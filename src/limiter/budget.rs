@@ -108,7 +108,7 @@ impl<'a> Scopes<'a> {
 /// Where and when budget counters are laid out.
 #[derive(Debug, Clone, Copy)]
 pub struct Layout<'a> {
-    /// The key namespace, from [`namespace`].
+    /// The key namespace, from [`crate::store::budget::namespace`].
     pub ns: &'a str,
     /// The periods are those containing this second.
     pub now_secs: u64,
@@ -242,6 +242,14 @@ pub struct Settlement<'a> {
     pub request_id: Option<&'a str>,
     /// Tokens by type, in order of first appearance.
     pub tokens: Vec<(&'a str, u64)>,
+}
+
+/// One request's usage, priced and checked ([`Limiter::price_usage`]), ready to settle.
+pub(super) struct Priced<'r, 'p> {
+    settlement: Settlement<'r>,
+    tenant: &'p TenantPolicy,
+    request_id: String,
+    event: UsageEvent,
 }
 
 /// Groups usage descriptors (their quota entries and tokens) by tenant and request id.
@@ -456,20 +464,9 @@ pub struct Guard<'a, 'p> {
     pub index: usize,
     pub tenant: &'p TenantPolicy,
     pub entries: QuotaEntries<'a>,
-    /// The descriptor's own addend (a reservation's estimate when it names a request id).
-    pub addend: Option<u64>,
-}
-
-impl Guard<'_, '_> {
-    /// The estimate to reserve: the `estimate` entry, else a positive addend, when the
-    /// descriptor names a request id.
-    fn estimate(&self) -> Option<u64> {
-        self.entries.request_id?;
-        match self.entries.estimate {
-            Some(text) => text.trim().parse().ok(),
-            None => self.addend.filter(|&n| n > 0),
-        }
-    }
+    /// The tokens to reserve when the descriptor names a request id: its `estimate`
+    /// entry, else its addend if positive.
+    pub reservation: Option<u64>,
 }
 
 /// A guarded descriptor's answer.
@@ -624,7 +621,7 @@ impl Limiter {
         };
         let reservation = group
             .iter()
-            .find_map(|g| Some((g.entries.request_id?.to_owned(), g.estimate()?)));
+            .find_map(|g| Some((g.entries.request_id?.to_owned(), g.reservation?)));
         let model = scopes.model;
         let planned =
             plan(
@@ -667,15 +664,18 @@ impl Limiter {
         }
     }
 
-    /// Settles the usage descriptors of one call: one store step per request id.
-    pub(super) async fn settle(
+    /// Prices the usage descriptors of one call, one event per request id, and checks that
+    /// the ledger can record each. No I/O: the limiter runs it before any store call, so a
+    /// call carrying usage the ledger could never record is refused before anything of it
+    /// is charged (counters charged without a ledger entry would drift from it for good).
+    pub(super) fn price_usage<'r, 'p>(
         &self,
-        policy: &Policy,
+        policy: &'p Policy,
         domain: &str,
-        usage: Vec<(QuotaEntries<'_>, u64)>,
-        now_secs: u64,
+        usage: Vec<(QuotaEntries<'r>, u64)>,
         now_ms: u64,
-    ) -> Result<(), DecideError> {
+    ) -> Result<Vec<Priced<'r, 'p>>, DecideError> {
+        let mut priced = Vec::new();
         for settlement in group_usage(usage) {
             let Some(tenant) = policy.tenant(settlement.tenant) else {
                 self.metrics.budgets.unknown_tenant_usage.increment(1);
@@ -691,8 +691,6 @@ impl Limiter {
                 .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned);
             let (event, unpriced) =
                 settlement.event(policy, tenant, domain, &request_id, now_ms as i64);
-            // Refused before anything is charged: the ledger could never record it, and
-            // counters charged without a ledger entry would drift from it for good.
             event
                 .validate()
                 .map_err(|invalid| DecideError::InvalidUsage {
@@ -713,6 +711,31 @@ impl Limiter {
                     "no price in force: these tokens are charged at 0"
                 );
             }
+            priced.push(Priced {
+                settlement,
+                tenant,
+                request_id,
+                event,
+            });
+        }
+        Ok(priced)
+    }
+
+    /// Settles the priced usage of one call: one store step per request id.
+    pub(super) async fn settle(
+        &self,
+        policy: &Policy,
+        usage: Vec<Priced<'_, '_>>,
+        now_secs: u64,
+        now_ms: u64,
+    ) -> Result<(), DecideError> {
+        for Priced {
+            settlement,
+            tenant,
+            request_id,
+            event,
+        } in usage
+        {
             let scopes = Scopes {
                 tenant_wide: true,
                 model: settlement.model,
@@ -761,14 +784,13 @@ impl Limiter {
         op: BudgetOp,
         now_ms: u64,
     ) -> Result<BudgetReply, DecideError> {
-        let namespace = self.budget_namespace.clone();
         let markers: Vec<(usize, String)> = planned
             .iter()
             .enumerate()
             .filter_map(|(i, p)| Some((i, p.marker.clone()?)))
             .collect();
         let call = BudgetCall {
-            namespace: namespace.clone(),
+            namespace: self.budget_namespace.clone(),
             markers: markers.iter().map(|(_, m)| m.clone()).collect(),
             lines: planned.iter().map(|p| p.line.clone()).collect(),
             op,
@@ -796,7 +818,7 @@ impl Limiter {
                 _ => 0,
             };
             let rebuild = BudgetCall {
-                namespace: namespace.clone(),
+                namespace: self.budget_namespace.clone(),
                 markers: vec![marker.clone()],
                 lines: vec![BudgetLine {
                     amount: spent,

@@ -322,20 +322,21 @@ impl Limiter {
                             charges.resize_with(request.descriptors.len(), Charges::default);
                             charges[index] = c;
                         }
-                        if let Some(value) = admitted.entries.estimate
-                            && value.trim().parse::<u64>().is_err()
-                        {
-                            return Err(DecideError::InvalidEstimate {
-                                index,
-                                value: value.to_owned(),
-                            });
-                        }
+                        let estimate = match admitted.entries.estimate {
+                            Some(value) => Some(value.trim().parse::<u64>().map_err(|_| {
+                                DecideError::InvalidEstimate {
+                                    index,
+                                    value: value.to_owned(),
+                                }
+                            })?),
+                            None => d.hits_addend.filter(|&n| n > 0),
+                        };
                         if budget::Scopes::guarded_by(&admitted.entries).is_some() {
                             guards.push(Guard {
                                 index,
                                 tenant: admitted.tenant,
+                                reservation: admitted.entries.request_id.and(estimate),
                                 entries: admitted.entries,
-                                addend: d.hits_addend,
                             });
                         }
                     }
@@ -388,10 +389,11 @@ impl Limiter {
                     .collect()
             })
             .collect();
-        // The counters, the budget guards and the settlements are independent: one
-        // round trip's worth of waiting for all three.
         let snapshot = policy.as_ref().map_or(&*NO_POLICY, |(_, p)| &**p);
         let now_ms = nanos / 1_000_000;
+        let usage = self.price_usage(snapshot, request.domain, usage, now_ms)?;
+        // The counters, the budget guards and the settlements are independent: one
+        // round trip's worth of waiting for all three.
         let (befores, guarded, settled) = tokio::join!(
             async {
                 if updates.is_empty() {
@@ -412,7 +414,7 @@ impl Limiter {
                 if usage.is_empty() {
                     Ok(())
                 } else {
-                    Box::pin(self.settle(snapshot, request.domain, usage, now.secs, now_ms)).await
+                    Box::pin(self.settle(snapshot, usage, now.secs, now_ms)).await
                 }
             },
         );
@@ -1043,13 +1045,7 @@ fn hits_of(request: &Request<'_>, descriptor: &Descriptor<'_>) -> u64 {
 /// Drops every limit named by another matched limit's `replaces` (unlimited ones are
 /// never dropped, as in the reference); a descriptor left without limits is free.
 fn drop_replaced(applied: &mut [Applied<'_>]) {
-    let replaces_any = applied
-        .iter()
-        .filter_map(Applied::node)
-        .any(|n| n.limits.iter().any(|l| !l.replaces.is_empty()));
-    if !replaces_any {
-        return;
-    }
+    // Empty (and not allocated) unless a matched limit replaces another.
     let replaced: HashSet<&str> = applied
         .iter()
         .filter_map(Applied::node)

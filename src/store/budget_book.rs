@@ -152,7 +152,8 @@ impl BudgetBook {
                 if self.is_settled(request_id, now) {
                     return Ok(BudgetOutcome::Duplicate);
                 }
-                // The event first: if it cannot be kept, nothing is charged.
+                // The event first: if it cannot be written, nothing is charged. (It is made
+                // durable after the lock, by `MemoryStore::budget`.)
                 self.append(event)?;
                 self.release(request_id, now);
                 for line in &call.lines {

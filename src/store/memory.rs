@@ -13,7 +13,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 
-use super::budget::{BudgetCall, BudgetOp, BudgetOutcome, BudgetReply, OutboxEntry};
+use super::budget::{BudgetCall, BudgetOp, BudgetReply, OutboxEntry};
 use super::budget_book::{BudgetBook, Outbox, outbox_error};
 use super::outbox::FileOutbox;
 use super::{
@@ -82,6 +82,19 @@ impl MemoryStore {
         self.budgets.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Runs `f` on the budget book on a blocking thread.
+    async fn with_book_blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut BudgetBook) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let budgets = Arc::clone(&self.budgets);
+        tokio::task::spawn_blocking(move || {
+            f(&mut budgets.lock().unwrap_or_else(|e| e.into_inner()))
+        })
+        .await
+        .map_err(outbox_error)?
+    }
+
     /// Drops every expired counter, budget counter, marker and settled request id.
     pub fn sweep(&self) {
         let now = self.clock.now_secs();
@@ -101,8 +114,9 @@ impl MemoryStore {
     }
 
     /// Sweeps every `every` until the store is dropped, on a blocking thread: a sweep
-    /// walks every counter (a million take milliseconds), and requests must not wait
-    /// behind it.
+    /// walks every counter (a million take milliseconds), and the runtime's workers keep
+    /// serving meanwhile (a request whose counter's map shard is being swept still waits
+    /// for that shard).
     pub fn spawn_sweeper(&self, every: Duration) -> tokio::task::JoinHandle<()> {
         let (slots, budgets) = (Arc::downgrade(&self.slots), Arc::downgrade(&self.budgets));
         let clock = self.clock.clone();
@@ -287,25 +301,29 @@ impl CounterStore for MemoryStore {
         let (reply, durable) = {
             let mut book = self.book();
             let reply = book.call(call)?;
-            let wrote =
-                matches!(call.op, BudgetOp::Settle { .. }) && reply.outcome == BudgetOutcome::Done;
-            (reply, wrote.then(|| book.durable_end()).flatten())
+            let settles = matches!(call.op, BudgetOp::Settle { .. });
+            (reply, settles.then(|| book.durable_end()).flatten())
         };
-        // The settlement is answered only once its event is on disk; concurrent ones
-        // share the fsync.
+        // A settlement, new or repeated, is answered only once its event is on disk;
+        // concurrent ones share the fsync.
         if let Some((durability, end)) = durable {
             durability.wait(end).await.map_err(outbox_error)?;
         }
         Ok(reply)
     }
 
+    // The outbox's file work runs on a blocking thread (an acknowledgement fsyncs), so
+    // the runtime serves other requests meanwhile.
     async fn outbox_pending(&self, max: usize) -> Result<Vec<OutboxEntry>, StoreError> {
-        self.book().pending(max)
+        self.with_book_blocking(move |book| book.pending(max)).await
     }
 
     async fn outbox_ack(&self, ids: &[String]) -> Result<(), StoreError> {
         match ids.last() {
-            Some(last) => self.book().ack(last),
+            Some(last) => {
+                let last = last.clone();
+                self.with_book_blocking(move |book| book.ack(&last)).await
+            }
             None => Ok(()),
         }
     }

@@ -23,7 +23,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::budget::OutboxEntry;
 
@@ -75,6 +75,7 @@ impl FileOutbox {
             written: AtomicU64::new(len),
             synced: AtomicU64::new(len),
             syncs: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
             syncing: tokio::sync::Mutex::new(()),
         });
         Ok(FileOutbox {
@@ -171,9 +172,10 @@ impl FileOutbox {
 ///
 /// One waiter at a time fsyncs (on a blocking thread), covering everything written before
 /// it began; waiters queued meanwhile find their lines covered, or sync the lines written
-/// during the previous fsync together. If an fsync fails, its waiters fail, but their lines
-/// stay written (the ledger writer still reads them from the file) and the next waiter
-/// tries again.
+/// during the previous fsync together. If an fsync fails, every wait fails from then on:
+/// after a failed fsync Linux may report the next one as a success without having written
+/// the lost pages, so nothing written since can be promised durable (the lines stay in
+/// the file, and the ledger writer still reads them). A restart recovers.
 #[derive(Debug)]
 pub struct Durability {
     /// A handle of its own on the outbox file, so syncing needs no lock on the outbox.
@@ -184,6 +186,8 @@ pub struct Durability {
     synced: AtomicU64,
     /// Fsyncs done (for tests and diagnostics).
     syncs: AtomicU64,
+    /// Set by the first failed fsync.
+    failed: AtomicBool,
     /// Held by the waiter that is syncing.
     syncing: tokio::sync::Mutex<()>,
 }
@@ -198,12 +202,22 @@ impl Durability {
         if self.synced.load(Ordering::Acquire) >= offset {
             return Ok(());
         }
+        if self.failed.load(Ordering::Acquire) {
+            return Err(io::Error::other(
+                "an earlier fsync of the outbox failed; restart to recover",
+            ));
+        }
         // Read before the fsync: every line written by now is covered by it.
         let target = self.written.load(Ordering::Acquire);
         let this = Arc::clone(self);
-        tokio::task::spawn_blocking(move || this.file.sync_data())
+        let synced = tokio::task::spawn_blocking(move || this.file.sync_data())
             .await
-            .map_err(io::Error::other)??;
+            .map_err(io::Error::other)
+            .and_then(|r| r);
+        if let Err(e) = synced {
+            self.failed.store(true, Ordering::Release);
+            return Err(e);
+        }
         self.syncs.fetch_add(1, Ordering::Relaxed);
         self.synced.fetch_max(target, Ordering::AcqRel);
         Ok(())

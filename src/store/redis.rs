@@ -1221,8 +1221,9 @@ where
     I::IntoIter: Clone,
 {
     let updates = updates.into_iter();
-    let (mut keys, mut key_bytes) = (0, 0);
+    let (mut count, mut keys, mut key_bytes) = (0, 0, 0);
     for u in updates.clone() {
+        count += 1;
         keys += 1;
         key_bytes += u.key.len();
         if let CounterKind::Sliding { previous_key, .. } = &u.kind {
@@ -1230,7 +1231,7 @@ where
             key_bytes += previous_key.len();
         }
     }
-    let arg_count = 3 + keys + 6 * (updates.clone().count());
+    let arg_count = 3 + keys + 6 * count;
     // Six arguments of at most 20 digits each per update, and the hash.
     let mut cmd = Cmd::with_capacity(arg_count, 64 + key_bytes + arg_count * 8);
     cmd.arg("EVALSHA").arg(APPLY.get_hash()).arg(keys);
