@@ -224,8 +224,9 @@ start_server() {
 }
 
 # A prefix no other run (or test) uses, so Redis counters start from zero; keys expire
-# within a minute (the generated rules use minute windows). Budget counters (token-budget)
-# live for their month and are few (two per tenant).
+# within a minute (the generated rules use minute windows), except the memory mode's (day
+# windows), which it deletes once measured. Budget counters (token-budget) live for their
+# month and are few (two per tenant).
 KEY_PREFIX="loadtest-$$-$(date +%s):"
 # The admin token every tollgate starts with (TOLLGATE_BOOTSTRAP_TOKEN), for the
 # token-budget setup; a fresh one per run, on loopback only.
@@ -256,26 +257,56 @@ case "$MODE" in
 esac
 
 # Memory mode: per store, tollgate's resident memory (and Redis' used_memory) before and
-# after charging --memory-keys distinct counters once each; a table of its own.
+# after charging --memory-keys distinct counters once each; a table of its own. The rules
+# use day windows, so no counter expires between the fill and the reading (minute windows
+# would drop those filled before a minute boundary); the warm-up's counters are u0 to
+# u999 and the measured fill starts after them, so it adds exactly --memory-keys new ones.
+# A store whose fill fails is skipped (the reason is in its log, shown), not the run.
 if [ "$MODE" = memory ]; then
   STORE_DEADLINE_MS=2000
+  WARM_KEYS=1000
   rules=$RUN_DIR/rules-memory
-  "$LOAD" rules --scenario high-cardinality --keys "$MEMORY_KEYS" --out "$rules" >/dev/null
-  rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
-  redis_used() { redis-cli -u "$REDIS_URL" info memory 2>/dev/null | sed -n 's/^used_memory:\([0-9]*\).*/\1/p'; }
+  "$LOAD" rules --scenario high-cardinality --unit day --out "$rules" >/dev/null
+  rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || true; }
+  redis_used() { redis-cli -u "$REDIS_URL" info memory 2>/dev/null | sed -n 's/^used_memory:\([0-9]*\).*/\1/p' || true; }
+  # Day windows would keep the counters in Redis until midnight UTC: deleted once read.
+  drop_redis_keys() {
+    redis-cli -u "$REDIS_URL" --scan --pattern "${KEY_PREFIX}memory:*" 2>/dev/null |
+      xargs -r -n 1000 redis-cli -u "$REDIS_URL" unlink >/dev/null 2>&1 || true
+  }
+  # Gives up on one store: says why (the end of its log), stops its server, drops its keys.
+  skip_store() {
+    log "memory $1: $2; skipping it; its log ends with:"
+    tail -n 5 "$RUN_DIR/$1.log" >&2 || true
+    cleanup
+    [ "$1" = redis ] && drop_redis_keys
+    return 0
+  }
   LOADAVG_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo "?")
   rows=()
   for label in $STORES; do
     start_server "$label" "$rules" memory || { log "$label did not start"; continue; }
     # Warm: connections, the runtime and the rules, with a handful of counters.
-    "$LOAD" fill --target "$STARTED_URL" --keys 1000 --batch 100 >/dev/null 2>&1
+    # (RUST_LIB_BACKTRACE=0: its error is the log's last lines, not a backtrace.)
+    if ! RUST_LIB_BACKTRACE=0 "$LOAD" fill --target "$STARTED_URL" --keys "$WARM_KEYS" --batch 100 \
+      2>>"$RUN_DIR/$label.log"; then
+      skip_store "$label" "the warm-up fill failed"
+      continue
+    fi
     sleep 1
     rss0=$(rss_kib "$STARTED_PID"); used0=
+    [ -n "$rss0" ] || { skip_store "$label" "the server is gone"; continue; }
     [ "$label" = redis ] && used0=$(redis_used)
     log "memory $label: filling $MEMORY_KEYS counters (resident before: $((rss0 / 1024)) MiB)"
-    "$LOAD" fill --target "$STARTED_URL" --keys "$MEMORY_KEYS" --batch 100
+    # Its summary line to the terminal and the log alike; its failure (pipefail) skips the store.
+    if ! RUST_LIB_BACKTRACE=0 "$LOAD" fill --target "$STARTED_URL" --from "$WARM_KEYS" \
+      --keys "$MEMORY_KEYS" --batch 100 2>&1 >/dev/null | tee -a "$RUN_DIR/$label.log" >&2; then
+      skip_store "$label" "the fill failed"
+      continue
+    fi
     sleep 1
     rss1=$(rss_kib "$STARTED_PID"); used1=
+    [ -n "$rss1" ] || { skip_store "$label" "the server is gone"; continue; }
     redis_col="-"
     if [ "$label" = redis ]; then
       used1=$(redis_used)
@@ -286,7 +317,12 @@ if [ "$MODE" = memory ]; then
     rows+=("$(awk -v l="$label" -v a="$rss0" -v b="$rss1" -v n="$MEMORY_KEYS" -v r="$redis_col" 'BEGIN {
       printf "| %s | %d | %.0f | %.0f | %.0f MiB (%.0f B per key) | %s |", l, n, a / 1024, b / 1024, (b - a) / 1024, (b - a) * 1024 / n, r }')")
     cleanup
+    [ "$label" = redis ] && drop_redis_keys
   done
+  if [ ${#rows[@]} -eq 0 ]; then
+    log "no store was measured"
+    exit 1
+  fi
   mkdir -p loadtest/results
   commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
   git diff --quiet HEAD 2>/dev/null || commit="$commit (with local changes)"
@@ -295,7 +331,7 @@ if [ "$MODE" = memory ]; then
     echo
     echo "- machine: $CORES cores; load average before: $LOADAVG_BEFORE; after: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo "?")"
     echo "- commit: $commit; command: \`loadtest/run.sh${ARGS:+ $ARGS}\`"
-    echo "- each store's tollgate fills $MEMORY_KEYS distinct high-cardinality counters (one charge each, minute windows, key prefix of $((${#KEY_PREFIX} + 7)) bytes) after a warm-up of 1,000"
+    echo "- each store's tollgate fills $MEMORY_KEYS distinct high-cardinality counters (one charge each, day windows, key prefix of $((${#KEY_PREFIX} + 7)) bytes) after a warm-up of $WARM_KEYS others"
     echo
     echo "| store | counters added | tollgate RSS before (MiB) | after (MiB) | tollgate growth | Redis used_memory growth |"
     echo "|---|---:|---:|---:|---:|---:|"
@@ -326,8 +362,8 @@ for case_spec in "${CASES[@]}"; do
   for label in $LABELS; do
     if start_server "$label" "$rules" "$case_name"; then
       if [ "$scenario" = token-budget ] && [ -n "$STARTED_HTTP" ] &&
-        ! "$LOAD" setup --scenario token-budget --http "$STARTED_HTTP" --target "$STARTED_URL" \
-          --token "$ADMIN_TOKEN" 2>>"$RUN_DIR/$label.log"; then
+        ! LOADTEST_ADMIN_TOKEN=$ADMIN_TOKEN "$LOAD" setup --http "$STARTED_HTTP" \
+          --target "$STARTED_URL" 2>>"$RUN_DIR/$label.log"; then
         log "skipping $label for $scenario: the setup failed; its log ends with:"
         tail -n 5 "$RUN_DIR/$label.log" >&2 || true
         continue
@@ -383,7 +419,7 @@ redis_version=$(redis-cli -u "$REDIS_URL" info server 2>/dev/null | sed -n 's/^r
   echo "- commit: $commit; Redis ${redis_version:-?} at $REDIS_URL"
   echo "- command: \`loadtest/run.sh${ARGS:+ $ARGS}\`"
   echo "- $ROUNDS alternating round(s) per scenario (${LABELS// /, }); each run ${DURATION} s measured after ${WARMUP} s warm-up; $CONNECTIONS HTTP/2 connections x $CONCURRENCY streams"
-  echo "- throughput counts answers (OK or OVER_LIMIT); \"x baseline\" is the median over rounds of tollgate / noop in the same round; CPU is cores used by the load generator / the server"
+  echo "- throughput counts answers (OK or OVER_LIMIT); \"x baseline\" is the median over rounds of tollgate / noop in the same round; CPU is cores used by the load generator / the server (the generator's is \"-\" in latency rows: its open-loop pacer spins by design)"
   echo
   "$LOAD" report --baseline noop --out - --json-out "loadtest/results/$NAME.json" "${results[@]}"
 } >"loadtest/results/$NAME.md"

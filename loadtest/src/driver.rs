@@ -489,53 +489,62 @@ pub async fn run_open(
 }
 
 /// What a fill did.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Filled {
     pub requests: u64,
     pub errors: u64,
+    /// The first failed request's gRPC status, to say why a fill failed.
+    pub first_error: Option<String>,
     pub seconds: f64,
 }
 
-/// Charges each of `keys` distinct `high-cardinality` counters once, in requests of
-/// `batch` descriptors over `streams` concurrent streams of `clients`, so the server
-/// holds exactly that many more counters (for the memory per key).
+/// Charges each of the `keys` distinct `high-cardinality` counters `from..from + keys`
+/// (`user_id` u<from>, ...) once, in requests of `batch` descriptors over `streams`
+/// concurrent streams of `clients`. When `from` is past every key charged before, the
+/// server holds exactly `keys` more counters (for the memory per key).
 pub async fn fill(
     clients: &[RateLimitServiceClient<Channel>],
+    from: u64,
     keys: u64,
     batch: u64,
     streams: usize,
 ) -> Filled {
     let started = Instant::now();
     let batch = batch.max(1);
-    let next = Arc::new(AtomicU64::new(0));
+    let end = from.saturating_add(keys);
+    let next = Arc::new(AtomicU64::new(from));
     let mut workers = Vec::new();
     for s in 0..streams.max(1) {
         let mut client = clients[s % clients.len()].clone();
         let next = next.clone();
         workers.push(tokio::spawn(async move {
-            let (mut requests, mut errors) = (0, 0);
+            let (mut requests, mut errors, mut first_error) = (0, 0, None);
             loop {
-                let from = next.fetch_add(batch, Ordering::Relaxed);
-                if from >= keys {
-                    return (requests, errors);
+                let first = next.fetch_add(batch, Ordering::Relaxed);
+                if first >= end {
+                    return (requests, errors, first_error);
                 }
-                let request = crate::scenario::fill_request(from..(from + batch).min(keys));
+                let request =
+                    crate::scenario::fill_request(first..first.saturating_add(batch).min(end));
                 requests += 1;
-                if client.should_rate_limit(request).await.is_err() {
+                if let Err(status) = client.should_rate_limit(request).await {
                     errors += 1;
+                    first_error.get_or_insert_with(|| status.to_string());
                 }
             }
         }));
     }
-    let (mut requests, mut errors) = (0, 0);
+    let (mut requests, mut errors, mut first_error) = (0, 0, None);
     for worker in workers {
-        let (r, e) = worker.await.expect("a fill worker does not panic");
+        let (r, e, f) = worker.await.expect("a fill worker does not panic");
         requests += r;
         errors += e;
+        first_error = first_error.or(f);
     }
     Filled {
         requests,
         errors,
+        first_error,
         seconds: started.elapsed().as_secs_f64(),
     }
 }

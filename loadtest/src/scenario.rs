@@ -1,9 +1,11 @@
 //! Scenarios: the rules a server loads and the requests the client sends, generated from
 //! one description so the two always agree.
 //!
-//! Limits are generous by default (`--limit`, requests per minute per counter), so almost
+//! Limits are generous by default (`--limit`, requests per window per counter), so almost
 //! every answer is OK and a run measures the decision path, not rejections. Counters use
-//! minute windows, so a run leaves nothing behind in Redis for longer than a minute.
+//! minute windows by default, so a run leaves nothing behind in Redis for longer than a
+//! minute; the memory measurement asks for day windows (`rules --unit day`), so no counter
+//! it fills expires before it is measured.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -82,8 +84,34 @@ impl Scenario {
             Scenario::Wildcard => "lt_wildcard",
             Scenario::HighCardinality => "lt_high_cardinality",
             Scenario::Rules10k => "lt_rules",
-            // The quota model's example domain, so the flow can later run against real budgets.
+            // The quota model's example domain; its rules carry `quota: {}`, and
+            // `tollgate-load setup` gives it tenants, grants, prices and budgets.
             Scenario::TokenBudget => "ai-gateway",
+        }
+    }
+}
+
+/// The window of every generated rule (`rate_limit: {unit: ...}`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Unit {
+    /// Counters live for at most a minute (the default: a run leaves nothing behind).
+    #[default]
+    Minute,
+    /// Counters live until the next full hour.
+    Hour,
+    /// Counters live until midnight UTC: the memory measurement fills counters for longer
+    /// than a minute and must read them all still held.
+    Day,
+}
+
+impl Unit {
+    /// The name in rule files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Unit::Minute => "minute",
+            Unit::Hour => "hour",
+            Unit::Day => "day",
         }
     }
 }
@@ -95,8 +123,12 @@ pub struct Params {
     pub keys: u64,
     /// Rules in `rules-10k`.
     pub rules: u32,
-    /// Requests per minute per counter (token rules get a thousand times more, capped).
+    /// Requests per `unit` per counter, in every generated rule (token-budget's usage
+    /// descriptors match no rule: its budgets count the tokens).
     pub limit: u32,
+    /// The window of every generated rule.
+    #[serde(default)]
+    pub unit: Unit,
 }
 
 impl Default for Params {
@@ -105,6 +137,7 @@ impl Default for Params {
             keys: 1_000_000,
             rules: 10_000,
             limit: 1_000_000_000,
+            unit: Unit::Minute,
         }
     }
 }
@@ -128,7 +161,8 @@ pub fn user_id(i: u64) -> String {
 }
 
 /// One `high-cardinality` request charging the counters of keys `keys` once each (the
-/// memory measurement fills a server with exactly that many counters).
+/// memory measurement fills a server with exactly that many counters; a range starting
+/// past the keys charged before adds that many new ones).
 pub fn fill_request(keys: std::ops::Range<u64>) -> RateLimitRequest {
     request(
         Scenario::HighCardinality.domain(),
@@ -143,9 +177,11 @@ pub fn model_name(i: u64) -> String {
 
 /// The rule files for `scenario`: `(file name, YAML)`.
 pub fn rules_yaml(scenario: Scenario, params: &Params) -> Vec<(String, String)> {
-    let limit = params.limit;
-    let rl = |unit: &str, n: u32| format!("{{unit: {unit}, requests_per_unit: {n}}}");
-    let per_minute = rl("minute", limit);
+    let limit = format!(
+        "{{unit: {}, requests_per_unit: {}}}",
+        params.unit.name(),
+        params.limit
+    );
     let mut y = String::new();
     let _ = writeln!(
         y,
@@ -159,39 +195,39 @@ pub fn rules_yaml(scenario: Scenario, params: &Params) -> Vec<(String, String)> 
     y.push_str("descriptors:\n");
     match scenario {
         Scenario::One => {
-            let _ = writeln!(y, "  - key: api_key\n    rate_limit: {per_minute}");
+            let _ = writeln!(y, "  - key: api_key\n    rate_limit: {limit}");
         }
         Scenario::Five => {
             let _ = write!(
                 y,
-                "  - key: remote_address\n    rate_limit: {per_minute}\n\
-                 \x20 - key: api_key\n    rate_limit: {per_minute}\n    descriptors:\n\
-                 \x20     - key: path\n        value: /v1/chat/completions\n        rate_limit: {per_minute}\n\
+                "  - key: remote_address\n    rate_limit: {limit}\n\
+                 \x20 - key: api_key\n    rate_limit: {limit}\n    descriptors:\n\
+                 \x20     - key: path\n        value: /v1/chat/completions\n        rate_limit: {limit}\n\
                  \x20 - key: tenant_id\n    descriptors:\n\
-                 \x20     - key: model\n        rate_limit: {per_minute}\n\
-                 \x20 - key: user_agent\n    rate_limit: {per_minute}\n"
+                 \x20     - key: model\n        rate_limit: {limit}\n\
+                 \x20 - key: user_agent\n    rate_limit: {limit}\n"
             );
         }
         Scenario::Wildcard => {
             for i in 0..WILDCARD_PATHS {
                 let _ = writeln!(
                     y,
-                    "  - key: path\n    value: /svc{i:02}/*\n    rate_limit: {per_minute}"
+                    "  - key: path\n    value: /svc{i:02}/*\n    rate_limit: {limit}"
                 );
             }
             let _ = writeln!(
                 y,
-                "  - key: user_agent\n    value: crawler*\n    share_threshold: true\n    rate_limit: {per_minute}"
+                "  - key: user_agent\n    value: crawler*\n    share_threshold: true\n    rate_limit: {limit}"
             );
         }
         Scenario::HighCardinality => {
-            let _ = writeln!(y, "  - key: user_id\n    rate_limit: {per_minute}");
+            let _ = writeln!(y, "  - key: user_id\n    rate_limit: {limit}");
         }
         Scenario::Rules10k => {
             for i in 0..params.rules {
                 let _ = writeln!(
                     y,
-                    "  - key: route\n    value: r{i}\n    rate_limit: {per_minute}"
+                    "  - key: route\n    value: r{i}\n    rate_limit: {limit}"
                 );
             }
         }
@@ -202,9 +238,9 @@ pub fn rules_yaml(scenario: Scenario, params: &Params) -> Vec<(String, String)> 
             // match no rule: the budgets count them.
             let _ = write!(
                 y,
-                "  - key: tenant_id\n    rate_limit: {per_minute}\n    descriptors:\n\
-                 \x20     - key: model\n        rate_limit: {per_minute}\n\
-                 \x20     - key: session_id\n        rate_limit: {per_minute}\n"
+                "  - key: tenant_id\n    rate_limit: {limit}\n    descriptors:\n\
+                 \x20     - key: model\n        rate_limit: {limit}\n\
+                 \x20     - key: session_id\n        rate_limit: {limit}\n"
             );
         }
     }
@@ -490,11 +526,5 @@ mod tests {
         };
         assert_eq!(request_id(7), request_id(7));
         assert_ne!(request_id(7), request_id(8));
-    }
-
-    #[test]
-    fn token_budget_rules_are_a_quota_domain() {
-        let (_, yaml) = &rules_yaml(Scenario::TokenBudget, &Params::default())[0];
-        assert!(yaml.contains("\nquota: {}\n"), "{yaml}");
     }
 }

@@ -33,14 +33,6 @@ const TOKEN_BUDGET: u64 = 1_000_000_000_000_000;
 /// Money per tenant and month (USD).
 const COST_BUDGET: &str = "1000000000000.00";
 
-/// What the setup made.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Made {
-    pub tenants: u64,
-    pub models: u64,
-    pub budgets: u64,
-}
-
 /// The admin API at `http` (`http://host:port`), called with `token`.
 struct Admin {
     client: reqwest::Client,
@@ -74,18 +66,9 @@ impl Admin {
         serde_json::from_str(&text).with_context(|| format!("POST {url}: not JSON: {text}"))
     }
 
-    /// Files an approval request for `tenant` as the admin and approves it as `approver`.
-    async fn approved(
-        &self,
-        admin: &str,
-        approver: &str,
-        tenant: &str,
-        request: Value,
-    ) -> anyhow::Result<()> {
-        let mut body = json!({"tenant_id": tenant});
-        for (k, v) in request.as_object().expect("an object") {
-            body[k] = v.clone();
-        }
+    /// Files the approval request `body` as the admin and approves it as `approver`.
+    async fn approved(&self, admin: &str, approver: &str, body: Value) -> anyhow::Result<()> {
+        let tenant = body["tenant_id"].clone();
         let filed = self.post("/approvals", admin, body, 201).await?;
         let id = filed["id"].as_str().context("an approval without an id")?;
         let decided = self
@@ -111,7 +94,7 @@ pub async fn token_budget(
     grpc: &str,
     token: &str,
     timeout: Duration,
-) -> anyhow::Result<Made> {
+) -> anyhow::Result<()> {
     let admin = Admin {
         client: reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
@@ -138,19 +121,17 @@ pub async fn token_budget(
             admin.post("/prices", token, body, 201).await?;
         }
     }
-    let mut budgets = 0;
     for i in 0..scenario::TENANTS {
         let tenant = scenario::tenant_id(i);
         let body = json!({"id": tenant, "name": format!("Load test {tenant}"), "currency": "USD"});
         admin.post("/tenants", token, body, 201).await?;
-        let activation = json!({"kind": "tenant_activation", "reason": "load test"});
-        admin
-            .approved(token, &approver, &tenant, activation)
-            .await?;
+        let activation =
+            json!({"tenant_id": tenant, "kind": "tenant_activation", "reason": "load test"});
+        admin.approved(token, &approver, activation).await?;
         for model in &models {
-            let access =
-                json!({"kind": "model_access", "reason": "load test", "payload": {"model": model}});
-            admin.approved(token, &approver, &tenant, access).await?;
+            let access = json!({"tenant_id": tenant, "kind": "model_access",
+                "reason": "load test", "payload": {"model": model}});
+            admin.approved(token, &approver, access).await?;
         }
         for (name, measure, amount) in [
             ("monthly-tokens", "tokens", json!(TOKEN_BUDGET)),
@@ -160,15 +141,9 @@ pub async fn token_budget(
                 "measure": measure, "period": {"calendar": "month"}, "amount": amount,
                 "enforcement": "hard"});
             admin.post("/budgets", token, body, 201).await?;
-            budgets += 1;
         }
     }
-    in_force(grpc, &models, timeout).await?;
-    Ok(Made {
-        tenants: scenario::TENANTS,
-        models: scenario::MODELS,
-        budgets,
-    })
+    in_force(grpc, &models, timeout).await
 }
 
 /// Waits until every tenant's check-only call for every model passes with a remaining

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use loadtest::driver::{self, RunConfig};
 use loadtest::noop::NoopRls;
-use loadtest::scenario::{self, Generator, Params, Scenario};
+use loadtest::scenario::{self, Generator, Params, Scenario, Unit};
 use loadtest::setup;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -33,6 +33,14 @@ fn every_scenario_writes_rules_that_tollgate_loads() {
         assert_eq!(
             rules.domain_names(),
             [scenario.domain()],
+            "{}",
+            scenario.name()
+        );
+        // Only token-budget's domain is a quota domain (tenant checks and budgets).
+        let quota = rules.domain(scenario.domain()).unwrap().quota.is_some();
+        assert_eq!(
+            quota,
+            scenario == Scenario::TokenBudget,
             "{}",
             scenario.name()
         );
@@ -78,6 +86,29 @@ fn every_generated_descriptor_matches_a_limited_rule() {
                     scenario.name()
                 );
             }
+        }
+    }
+}
+
+#[test]
+fn the_unit_is_the_window_of_every_rule_tollgate_loads() {
+    for (unit, want) in [(Unit::Minute, 60), (Unit::Day, 86_400)] {
+        let dir = tempfile::tempdir().unwrap();
+        let params = Params { unit, ..small() };
+        scenario::write_rules(dir.path(), Scenario::HighCardinality, &params).unwrap();
+        let rules = load_dir(dir.path(), &LoadOptions::default(), &Metrics::new()).unwrap();
+        let domain = rules.domain(Scenario::HighCardinality.domain()).unwrap();
+        let mut generator = Generator::new(Scenario::HighCardinality, params, 0);
+        let request = generator.next_request();
+        let entries = request.descriptors[0]
+            .entries
+            .iter()
+            .map(|e| (e.key.as_str(), e.value.as_str()));
+        let path = domain.find(entries).unwrap();
+        let limits = &path.last().unwrap().limits;
+        assert!(!limits.is_empty());
+        for limit in limits {
+            assert_eq!(limit.unit.seconds(), want, "{unit:?}");
         }
     }
 }
@@ -171,10 +202,9 @@ async fn tollgate_answers_every_token_budget_call_ok_under_the_generated_rules()
     let server = tokio::spawn(app.run(async {
         let _ = stopped.await;
     }));
-    let made = setup::token_budget(&http, &target, TOKEN, Duration::from_secs(10))
+    setup::token_budget(&http, &target, TOKEN, Duration::from_secs(10))
         .await
         .unwrap();
-    assert_eq!(made.budgets, 2 * made.tenants);
     let config = config(target, Scenario::TokenBudget);
     let clients = driver::connect(&config.target, config.connections)
         .await

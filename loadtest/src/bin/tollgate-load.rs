@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use loadtest::driver::{self, RunConfig};
 use loadtest::report;
-use loadtest::scenario::{self, Params, Scenario};
+use loadtest::scenario::{self, Params, Scenario, Unit};
 use loadtest::setup;
 use loadtest::summary::{Mode, RunResult};
 
@@ -40,8 +40,8 @@ enum Command {
     /// Charge --keys distinct high-cardinality counters once each (to measure the
     /// server's memory per active key), then print how long it took.
     Fill(FillArgs),
-    /// Make what a scenario needs in tollgate's ledger through its admin API (token-budget:
-    /// tenants, approvals, prices, budgets), then wait until it is in force.
+    /// Make what the token-budget scenario needs in tollgate's ledger through its admin
+    /// API (tenants, approvals, prices, budgets), then wait until it is in force.
     Setup(SetupArgs),
 }
 
@@ -53,8 +53,9 @@ struct ParamsArgs {
     /// Rules in the rules-10k scenario.
     #[arg(long, default_value_t = Params::default().rules)]
     rules: u32,
-    /// Requests per minute per counter in the generated rules; lower it to exercise
-    /// rejections (the default keeps almost every answer OK).
+    /// Requests per window (`rules --unit`, a minute by default) per counter in the
+    /// generated rules; lower it to exercise rejections (the default keeps almost every
+    /// answer OK).
     #[arg(long, default_value_t = Params::default().limit)]
     limit: u32,
 }
@@ -65,6 +66,7 @@ impl From<ParamsArgs> for Params {
             keys: a.keys.max(1),
             rules: a.rules.max(1),
             limit: a.limit,
+            unit: Unit::default(),
         }
     }
 }
@@ -129,6 +131,10 @@ struct RulesArgs {
     /// The directory to write into (created if missing; other rule files there are removed).
     #[arg(long)]
     out: PathBuf,
+    /// The window of every rule: counters outlive a run only with hour or day (the memory
+    /// measurement uses day, so nothing it fills expires before it is read).
+    #[arg(long, value_enum, default_value_t = Unit::Minute)]
+    unit: Unit,
     #[command(flatten)]
     params: ParamsArgs,
 }
@@ -146,9 +152,12 @@ struct WaitArgs {
 struct FillArgs {
     #[arg(long, default_value = "http://127.0.0.1:8081")]
     target: String,
-    /// Distinct keys (`user_id` values u0, u1, ...).
+    /// Distinct keys (`user_id` values u<from>, u<from + 1>, ...).
     #[arg(long, default_value_t = 1_000_000)]
     keys: u64,
+    /// The first key: past the keys an earlier fill charged, so every key is a new counter.
+    #[arg(long, default_value_t = 0)]
+    from: u64,
     /// Descriptors per request.
     #[arg(long, default_value_t = 100)]
     batch: u64,
@@ -159,16 +168,16 @@ struct FillArgs {
 
 #[derive(Args)]
 struct SetupArgs {
-    #[arg(long, value_enum, default_value_t = Scenario::TokenBudget)]
-    scenario: Scenario,
     /// tollgate's HTTP listener (admin API), as http://host:port.
     #[arg(long)]
     http: String,
     /// tollgate's gRPC listener, to check that the setup is in force.
     #[arg(long, default_value = "http://127.0.0.1:8081")]
     target: String,
-    /// An admin token (the bootstrap token).
-    #[arg(long)]
+    /// An admin token (the bootstrap token). Pass it in the environment rather than as
+    /// --token, which the process list shows (not a `TOLLGATE_` variable: tollgate refuses
+    /// unknown ones).
+    #[arg(long, env = "LOADTEST_ADMIN_TOKEN", hide_env_values = true)]
     token: String,
     /// Give up if the setup is not in force after this many seconds.
     #[arg(long, default_value_t = 30.0)]
@@ -198,7 +207,10 @@ async fn main() -> anyhow::Result<()> {
         None => run(cli.run).await,
         Some(Command::Run(args)) => run(args).await,
         Some(Command::Rules(args)) => {
-            let params = Params::from(args.params);
+            let params = Params {
+                unit: args.unit,
+                ..Params::from(args.params)
+            };
             for path in scenario::write_rules(&args.out, args.scenario, &params)
                 .with_context(|| format!("cannot write rules into {}", args.out.display()))?
             {
@@ -216,31 +228,31 @@ async fn main() -> anyhow::Result<()> {
         }
         Some(Command::Report(args)) => write_report(&args),
         Some(Command::Fill(args)) => {
+            if args.from.checked_add(args.keys).is_none() {
+                bail!("--from + --keys must fit in 64 bits");
+            }
             let clients = driver::connect(&args.target, 2).await?;
-            let filled = driver::fill(&clients, args.keys, args.batch, args.streams).await;
+            let filled =
+                driver::fill(&clients, args.from, args.keys, args.batch, args.streams).await;
             eprintln!(
-                "filled {} keys in {:.1} s ({} requests, {} errors)",
-                args.keys, filled.seconds, filled.requests, filled.errors
+                "filled {} keys from u{} in {:.1} s ({} requests, {} errors)",
+                args.keys, args.from, filled.seconds, filled.requests, filled.errors
             );
-            if filled.errors > 0 {
-                bail!("{} fill requests failed", filled.errors);
+            if let Some(first) = filled.first_error {
+                bail!("{} fill requests failed; the first: {first}", filled.errors);
             }
             Ok(())
         }
         Some(Command::Setup(args)) => {
-            if args.scenario != Scenario::TokenBudget {
-                eprintln!("{}: nothing to set up", args.scenario.name());
-                return Ok(());
-            }
             let timeout = Duration::from_secs_f64(args.timeout.max(0.0));
             let started = Instant::now();
-            let made = setup::token_budget(&args.http, &args.target, &args.token, timeout).await?;
+            setup::token_budget(&args.http, &args.target, &args.token, timeout).await?;
             eprintln!(
-                "token-budget set up in {:.1} s: {} active tenants, {} models granted to each, {} hard budgets",
+                "token-budget set up in {:.1} s: {} active tenants, {} models granted to each, \
+                 a hard token and a hard cost budget each",
                 started.elapsed().as_secs_f64(),
-                made.tenants,
-                made.models,
-                made.budgets
+                scenario::TENANTS,
+                scenario::MODELS,
             );
             Ok(())
         }
@@ -302,6 +314,12 @@ fn describe(r: &RunResult) -> String {
         ),
     };
     let cores = |c: Option<f64>| c.map_or_else(|| "?".to_owned(), |c| format!("{c:.2}"));
+    // The open-loop pacer spins by design: the generator's CPU says nothing there.
+    let load_cpu = if r.mode == Mode::Closed {
+        cores(r.client_cpu)
+    } else {
+        "-".to_owned()
+    };
     format!(
         "{} [{}] {head}: {:.0} req/s  p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  max {:.3} ms  \
          cpu load/server {}/{}  server rss {} MiB  ({} answers, {} over limit, {} errors, {} dropped)",
@@ -313,7 +331,7 @@ fn describe(r: &RunResult) -> String {
         ms(r.latency.p99_us),
         ms(r.latency.p999_us),
         ms(r.latency.max_us),
-        cores(r.client_cpu),
+        load_cpu,
         cores(r.server_cpu),
         r.server_rss_mib
             .map_or_else(|| "?".to_owned(), |m| format!("{m:.0}")),
