@@ -234,21 +234,18 @@ impl App {
                 stop.clone().cancelled_owned(),
             );
         // The drift report reads the counters exactly as the limiter keys them.
-        let counters = Counters {
-            store: limiter.store().clone(),
-            policy: limiter.policy().clone(),
-            writer: ledger_writer.clone(),
-            key_prefix: settings.limiter_options().key_prefix,
-        };
+        let counters = Counters::new(
+            limiter.store().clone(),
+            limiter.policy().clone(),
+            ledger_writer.clone(),
+            &settings.limiter_options().key_prefix,
+        );
         let router = http::router(HttpState {
             limiter,
             health: health.clone(),
             metrics,
         })
-        .merge(admin::router(AdminState {
-            ledger,
-            counters: Some(counters),
-        }));
+        .merge(admin::router(AdminState { ledger, counters }));
         let http = axum::serve(http_listener, router)
             .with_graceful_shutdown(stop.clone().cancelled_owned());
         let mut grpc = tokio::spawn(grpc);
@@ -324,12 +321,12 @@ pub async fn open_reconciler(
         ledger.clone(),
         Metrics::new().ledger_writer.clone(),
     );
-    let counters = Counters {
+    let counters = Counters::new(
         store,
-        policy: Arc::new(ArcSwap::from_pointee(Policy::compile(sources, 1))),
-        writer: Arc::new(writer),
-        key_prefix: settings.limiter_options().key_prefix,
-    };
+        Arc::new(ArcSwap::from_pointee(Policy::compile(sources, 1))),
+        Arc::new(writer),
+        &settings.limiter_options().key_prefix,
+    );
     Ok((ledger, counters))
 }
 

@@ -8,6 +8,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::ledger::LedgerError;
+use crate::ledger::drift::DriftError;
 use crate::ledger::tenants::Invalid;
 
 /// The error body.
@@ -52,6 +53,15 @@ impl From<LedgerError> for ApiError {
         match error {
             LedgerError::NotFound { .. } => ApiError::NotFound(error.to_string()),
             LedgerError::Conflict(message) => ApiError::Conflict(message),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<DriftError> for ApiError {
+    fn from(error: DriftError) -> Self {
+        match error {
+            DriftError::Ledger(e) => e.into(),
             other => ApiError::Internal(other.to_string()),
         }
     }

@@ -30,9 +30,8 @@ use crate::ledger::drift::Counters;
 #[derive(Clone)]
 pub struct AdminState {
     pub ledger: Ledger,
-    /// The budget counters, for the drift report and reservations in the budget report
-    /// (none: the drift report is unavailable and `reserved` reads 0).
-    pub counters: Option<Counters>,
+    /// The budget counters, for the drift report and reservations in the budget report.
+    pub counters: Counters,
 }
 
 /// One page of a list.

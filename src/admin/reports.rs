@@ -27,7 +27,7 @@ use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{Body, Page, Query, default_limit};
 use super::{AdminState, List};
-use crate::ledger::drift::{BudgetDrift, DriftError};
+use crate::ledger::drift::BudgetDrift;
 use crate::ledger::prices::{MAX_TIME_MS, validate_model};
 use crate::ledger::reports::{BudgetStatus, Dimension, Granularity, SpendQuery, SpendReport};
 use crate::ledger::tenants::{Invalid, validate_timezone};
@@ -162,33 +162,7 @@ pub async fn spend_report(
     if let Some(model) = &params.model {
         validate_model("model", model)?;
     }
-    let format = params.format.unwrap_or_default();
-    let page = match format {
-        Format::Json => Some(
-            Page {
-                limit: params.limit.unwrap_or_else(default_limit),
-                offset: params.offset.unwrap_or(0),
-            }
-            .validate()?,
-        ),
-        Format::Csv => {
-            if params.limit.is_some() {
-                return Err(Invalid::new(
-                    "limit",
-                    "a CSV report holds every row; limit and offset are for JSON",
-                )
-                .into());
-            }
-            if params.offset.is_some() {
-                return Err(Invalid::new(
-                    "offset",
-                    "a CSV report holds every row; limit and offset are for JSON",
-                )
-                .into());
-            }
-            None
-        }
-    };
+    let page = page_param(params.format, params.limit, params.offset)?;
     let query = SpendQuery {
         from_ms: from,
         to_ms: to,
@@ -199,10 +173,46 @@ pub async fn spend_report(
         model: params.model,
     };
     let report = state.ledger.spend_report(&query).await?;
-    match page {
-        None => Ok(csv_response("spend.csv", spend_csv(&report)?)),
-        Some(page) => Ok(Json(spend_json(&report, from, to, timezone_name, page)).into_response()),
+    Ok(match page {
+        None => csv_response("spend.csv", spend_csv(&report)?),
+        Some(page) => Json(spend_json(&report, from, to, timezone_name, page)).into_response(),
+    })
+}
+
+/// The JSON page a report asks for; `None` for CSV, which holds every row and so takes no
+/// limit or offset.
+fn page_param(
+    format: Option<Format>,
+    limit: Option<i64>,
+    offset: Option<i64>,
+) -> Result<Option<Page>, ApiError> {
+    if format.unwrap_or_default() == Format::Json {
+        let page = Page {
+            limit: limit.unwrap_or_else(default_limit),
+            offset: offset.unwrap_or(0),
+        };
+        return Ok(Some(page.validate()?));
     }
+    let field = match (limit, offset) {
+        (None, None) => return Ok(None),
+        (Some(_), _) => "limit",
+        (None, Some(_)) => "offset",
+    };
+    Err(Invalid::new(
+        field,
+        "a CSV report holds every row; limit and offset are for JSON",
+    )
+    .into())
+}
+
+/// One JSON page of `rows` (every row of the report).
+fn json_page<T: Serialize>(rows: Vec<T>, page: Page) -> Response {
+    let items = rows
+        .into_iter()
+        .skip(page.offset as usize)
+        .take(page.limit as usize + 1)
+        .collect();
+    Json(List::page(items, page)).into_response()
 }
 
 /// Parses `from`/`to`: an ISO date is midnight in `timezone`; a timestamp needs an offset.
@@ -370,9 +380,7 @@ fn spend_json(
 }
 
 fn spend_csv(report: &SpendReport) -> Result<Vec<u8>, ApiError> {
-    let mut out = csv_writer();
-    out.write_record(spend_columns(report)).map_err(csv_error)?;
-    for row in &report.rows {
+    let records = report.rows.iter().map(|row| {
         let mut record: Vec<String> = row.period.iter().map(|d| d.to_string()).collect();
         record.extend(
             row.keys
@@ -382,10 +390,9 @@ fn spend_csv(report: &SpendReport) -> Result<Vec<u8>, ApiError> {
         record.push(row.currency.clone());
         record.push(row.tokens.to_string());
         record.push(format_micros(row.cost_micros));
-        out.write_record(&record).map_err(csv_error)?;
-    }
-    out.into_inner()
-        .map_err(|e| ApiError::Internal(format!("cannot write CSV: {e}")))
+        record
+    });
+    csv_bytes(&spend_columns(report), records)
 }
 
 /// Text a spreadsheet would run as a formula (session ids and token types come from the
@@ -399,15 +406,23 @@ fn neutralize(text: &str) -> String {
     }
 }
 
-/// RFC 4180: CRLF line ends, fields quoted only when they need it.
-fn csv_writer() -> csv::Writer<Vec<u8>> {
-    csv::WriterBuilder::new()
+/// `header` and `records` as RFC 4180: CRLF line ends, fields quoted only when they need it.
+fn csv_bytes<R>(header: &[&str], records: impl IntoIterator<Item = R>) -> Result<Vec<u8>, ApiError>
+where
+    R: IntoIterator,
+    R::Item: AsRef<[u8]>,
+{
+    fn failed(error: impl std::fmt::Display) -> ApiError {
+        ApiError::Internal(format!("cannot write CSV: {error}"))
+    }
+    let mut out = csv::WriterBuilder::new()
         .terminator(csv::Terminator::CRLF)
-        .from_writer(Vec::new())
-}
-
-fn csv_error(error: csv::Error) -> ApiError {
-    ApiError::Internal(format!("cannot write CSV: {error}"))
+        .from_writer(Vec::new());
+    out.write_record(header).map_err(failed)?;
+    for record in records {
+        out.write_record(record).map_err(failed)?;
+    }
+    out.into_inner().map_err(failed)
 }
 
 fn csv_response(filename: &str, body: Vec<u8>) -> Response {
@@ -476,68 +491,34 @@ pub async fn budget_report(
     caller.require(READERS)?;
     let Query(params) = params?;
     let tenant_id = caller.tenant_filter(params.tenant_id.as_deref())?;
-    let (format, page) = params.format_and_page()?;
+    let page = page_param(params.format, params.limit, params.offset)?;
     let mut statuses = state.ledger.budget_status(tenant_id.as_deref()).await?;
-    if let Some(counters) = &state.counters {
-        let held = counters
-            .reserved(tenant_id.as_deref(), state.ledger.now_ms())
-            .await
-            .map_err(drift_error)?;
-        for status in &mut statuses {
-            if let Some(h) = held.iter().find(|h| h.budget_id == status.budget_id) {
-                status.hold(i64::try_from(h.reserved).unwrap_or(i64::MAX));
-            }
+    let held = state
+        .counters
+        .reserved(tenant_id.as_deref(), state.ledger.now_ms())
+        .await?;
+    for status in &mut statuses {
+        if let Some(&reserved) = held.get(&status.budget_id) {
+            status.hold(reserved);
         }
     }
-    if format == Format::Csv {
-        return Ok(csv_response("budgets.csv", budget_csv(&statuses)?));
-    }
-    let items: Vec<BudgetStatus> = statuses
-        .into_iter()
-        .skip(page.offset as usize)
-        .take(page.limit as usize + 1)
-        .collect();
-    Ok(Json(List::page(items, page)).into_response())
-}
-
-impl BudgetParams {
-    /// The format, and the JSON page (CSV holds every row: no limit or offset with it).
-    fn format_and_page(&self) -> Result<(Format, Page), ApiError> {
-        let format = self.format.unwrap_or_default();
-        if format == Format::Csv && (self.limit.is_some() || self.offset.is_some()) {
-            let field = if self.limit.is_some() {
-                "limit"
-            } else {
-                "offset"
-            };
-            return Err(Invalid::new(
-                field,
-                "a CSV report holds every row; limit and offset are for JSON",
-            )
-            .into());
-        }
-        let page = Page {
-            limit: self.limit.unwrap_or_else(default_limit),
-            offset: self.offset.unwrap_or(0),
-        }
-        .validate()?;
-        Ok((format, page))
-    }
+    Ok(match page {
+        None => csv_response("budgets.csv", budget_csv(&statuses)?),
+        Some(page) => json_page(statuses, page),
+    })
 }
 
 fn budget_csv(statuses: &[BudgetStatus]) -> Result<Vec<u8>, ApiError> {
-    let mut out = csv_writer();
-    out.write_record(BUDGET_COLUMNS).map_err(csv_error)?;
-    for s in statuses {
-        let record = [
+    let records = statuses.iter().map(|s| {
+        [
             s.tenant_id.clone(),
             s.budget_id.clone(),
             s.name.clone(),
-            name(&s.scope),
+            s.scope.as_str().to_owned(),
             s.model.clone().unwrap_or_default(),
-            name(&s.measure),
+            s.measure.as_str().to_owned(),
             s.token_type.as_deref().map(neutralize).unwrap_or_default(),
-            name(&s.enforcement),
+            s.enforcement.as_str().to_owned(),
             s.currency.clone().unwrap_or_default(),
             s.limit.to_string(),
             s.spent.to_string(),
@@ -545,11 +526,9 @@ fn budget_csv(statuses: &[BudgetStatus]) -> Result<Vec<u8>, ApiError> {
             s.remaining.to_string(),
             s.period_start.clone(),
             s.period_end.clone(),
-        ];
-        out.write_record(&record).map_err(csv_error)?;
-    }
-    out.into_inner()
-        .map_err(|e| ApiError::Internal(format!("cannot write CSV: {e}")))
+        ]
+    });
+    csv_bytes(&BUDGET_COLUMNS, records)
 }
 
 /// The CSV columns of the drift report, in order.
@@ -591,43 +570,26 @@ pub async fn drift_report(
     caller.require(READERS)?;
     let Query(params) = params?;
     let tenant_id = caller.tenant_filter(params.tenant_id.as_deref())?;
-    let (format, page) = params.format_and_page()?;
-    let counters = state.counters.as_ref().ok_or_else(|| {
-        ApiError::Internal("the admin API was built without the counter store".into())
-    })?;
-    let rows = counters
+    let page = page_param(params.format, params.limit, params.offset)?;
+    let rows = state
+        .counters
         .drift(&state.ledger, tenant_id.as_deref(), state.ledger.now_ms())
-        .await
-        .map_err(drift_error)?;
-    if format == Format::Csv {
-        return Ok(csv_response("drift.csv", drift_csv(&rows)?));
-    }
-    let items: Vec<BudgetDrift> = rows
-        .into_iter()
-        .skip(page.offset as usize)
-        .take(page.limit as usize + 1)
-        .collect();
-    Ok(Json(List::page(items, page)).into_response())
-}
-
-fn drift_error(error: DriftError) -> ApiError {
-    match error {
-        DriftError::Ledger(e) => e.into(),
-        other => ApiError::Internal(other.to_string()),
-    }
+        .await?;
+    Ok(match page {
+        None => csv_response("drift.csv", drift_csv(&rows)?),
+        Some(page) => json_page(rows, page),
+    })
 }
 
 fn drift_csv(rows: &[BudgetDrift]) -> Result<Vec<u8>, ApiError> {
-    let mut out = csv_writer();
-    out.write_record(DRIFT_COLUMNS).map_err(csv_error)?;
-    for r in rows {
-        let record = [
+    let records = rows.iter().map(|r| {
+        [
             r.tenant_id.clone().unwrap_or_default(),
             r.budget_id.clone(),
             r.name.clone(),
-            name(&r.scope),
+            r.scope.as_str().to_owned(),
             r.model.clone().unwrap_or_default(),
-            name(&r.measure),
+            r.measure.as_str().to_owned(),
             r.token_type.as_deref().map(neutralize).unwrap_or_default(),
             r.currency.clone().unwrap_or_default(),
             r.period_start.clone(),
@@ -636,19 +598,9 @@ fn drift_csv(rows: &[BudgetDrift]) -> Result<Vec<u8>, ApiError> {
             r.reserved.clone(),
             r.ledger.clone(),
             r.drift.clone(),
-        ];
-        out.write_record(&record).map_err(csv_error)?;
-    }
-    out.into_inner()
-        .map_err(|e| ApiError::Internal(format!("cannot write CSV: {e}")))
-}
-
-/// A budget enum's name as the JSON shows it, for CSV.
-fn name<T: Serialize>(value: &T) -> String {
-    match serde_json::to_value(value) {
-        Ok(Value::String(s)) => s,
-        _ => String::new(),
-    }
+        ]
+    });
+    csv_bytes(&DRIFT_COLUMNS, records)
 }
 
 /// Records a correction: a `grant` (a credit, negative amount) or an `adjustment` (either

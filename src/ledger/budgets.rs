@@ -51,6 +51,18 @@ pub enum Scope {
     Global,
 }
 
+impl Scope {
+    /// The name the API, the ledger and CSV use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Tenant => "tenant",
+            Scope::TenantModel => "tenant_model",
+            Scope::Session => "session",
+            Scope::Global => "global",
+        }
+    }
+}
+
 /// What a budget counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -58,6 +70,17 @@ pub enum Measure {
     Requests,
     Tokens,
     Cost,
+}
+
+impl Measure {
+    /// The name the API, the ledger and CSV use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Measure::Requests => "requests",
+            Measure::Tokens => "tokens",
+            Measure::Cost => "cost",
+        }
+    }
 }
 
 /// A calendar period, in the tenant's timezone.
@@ -163,6 +186,16 @@ fn calendar_name(unit: CalendarUnit) -> &'static str {
 pub enum Enforcement {
     Hard,
     Soft,
+}
+
+impl Enforcement {
+    /// The name the API, the ledger and CSV use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Enforcement::Hard => "hard",
+            Enforcement::Soft => "soft",
+        }
+    }
 }
 
 /// An amount as written in the API: a whole count of requests or tokens (a JSON integer),
@@ -577,30 +610,6 @@ pub struct BudgetFilter {
     pub offset: i64,
 }
 
-fn scope_name(scope: Scope) -> &'static str {
-    match scope {
-        Scope::Tenant => "tenant",
-        Scope::TenantModel => "tenant_model",
-        Scope::Session => "session",
-        Scope::Global => "global",
-    }
-}
-
-fn measure_name(measure: Measure) -> &'static str {
-    match measure {
-        Measure::Requests => "requests",
-        Measure::Tokens => "tokens",
-        Measure::Cost => "cost",
-    }
-}
-
-fn enforcement_name(enforcement: Enforcement) -> &'static str {
-    match enforcement {
-        Enforcement::Hard => "hard",
-        Enforcement::Soft => "soft",
-    }
-}
-
 /// Parses a stored enum name through its serde name.
 fn parse_stored<T: for<'de> Deserialize<'de>>(column: &str, s: &str) -> Result<T, LedgerError> {
     T::deserialize(Value::String(s.to_owned())).map_err(|_| {
@@ -689,15 +698,15 @@ impl Ledger {
         )
         .bind(&id)
         .bind(&def.name)
-        .bind(scope_name(def.scope))
+        .bind(def.scope.as_str())
         .bind(def.tenant_id.clone())
         .bind(def.model.clone())
-        .bind(measure_name(def.measure))
+        .bind(def.measure.as_str())
         .bind(def.token_type.clone())
         .bind(def.period.to_stored())
         .bind(def.amount_units)
         .bind(currency)
-        .bind(enforcement_name(def.enforcement))
+        .bind(def.enforcement.as_str())
         .bind(serde_json::to_string(&def.alert_thresholds).expect("thresholds serialize"))
         .bind(now)
         .execute(&mut *tx)
@@ -736,7 +745,7 @@ impl Ledger {
              AND ($3 = 1 OR deleted_at IS NULL) ORDER BY COALESCE(tenant_id, ''), name, id LIMIT $4 OFFSET $5"
         ))
         .bind(filter.tenant_id.clone())
-        .bind(filter.scope.map(|s| scope_name(s).to_owned()))
+        .bind(filter.scope.map(|s| s.as_str().to_owned()))
         .bind(i64::from(filter.include_retired))
         .bind(filter.limit)
         .bind(filter.offset)
@@ -786,7 +795,7 @@ impl Ledger {
         .bind(&def.name)
         .bind(def.period.to_stored())
         .bind(def.amount_units)
-        .bind(enforcement_name(def.enforcement))
+        .bind(def.enforcement.as_str())
         .bind(serde_json::to_string(&def.alert_thresholds).expect("thresholds serialize"))
         .bind(now)
         .bind(id)
@@ -1142,6 +1151,30 @@ mod tests {
             Period::Session(SessionPeriod::Session),
         ] {
             assert_eq!(Period::from_stored(&period.to_stored()), Some(period));
+        }
+    }
+
+    #[test]
+    fn enum_names_are_their_serde_names() {
+        for scope in [
+            Scope::Tenant,
+            Scope::TenantModel,
+            Scope::Session,
+            Scope::Global,
+        ] {
+            assert_eq!(serde_json::to_value(scope).unwrap(), json!(scope.as_str()));
+        }
+        for measure in [Measure::Requests, Measure::Tokens, Measure::Cost] {
+            assert_eq!(
+                serde_json::to_value(measure).unwrap(),
+                json!(measure.as_str())
+            );
+        }
+        for enforcement in [Enforcement::Hard, Enforcement::Soft] {
+            assert_eq!(
+                serde_json::to_value(enforcement).unwrap(),
+                json!(enforcement.as_str())
+            );
         }
     }
 }

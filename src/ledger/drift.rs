@@ -26,6 +26,7 @@
 //! tenant, but a planned line borrows one: with no tenant in the policy they are skipped
 //! (nothing can have charged them).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,8 +37,9 @@ use utoipa::ToSchema;
 use super::budgets::{Measure, Scope};
 use super::writer::{LedgerWriter, WriterError};
 use super::{Ledger, LedgerError};
-use crate::limiter::budget::{Layout, Planned, SpentQuery, counts_per_session, plan_budget};
-use crate::money::format_micros;
+use crate::limiter::budget::{
+    Layout, Planned, SpentQuery, counts_per_session, display_amount, local_time, plan_budget,
+};
 use crate::policy::{BudgetPolicy, CurrentPolicy, Policy, TenantPolicy};
 use crate::store::budget::{BudgetCall, BudgetOp, BudgetReply, namespace};
 use crate::store::{CounterStore, Store, StoreError};
@@ -45,15 +47,15 @@ use crate::store::{CounterStore, Store, StoreError};
 /// Longest wait for one read of the counter store (an admin request, not a decision).
 pub const STORE_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// What reading the counters needs beside the ledger: the store and key prefix the
+/// What reading the counters needs beside the ledger: the store and key namespace the
 /// limiter uses, the policy it follows, and the writer that completes the ledger.
 #[derive(Clone)]
 pub struct Counters {
     pub store: Store,
     pub policy: CurrentPolicy,
     pub writer: Arc<LedgerWriter>,
-    /// The limiter's key prefix (setting `key_prefix`).
-    pub key_prefix: String,
+    /// The budget key namespace, from the limiter's key prefix.
+    namespace: String,
 }
 
 /// Why a drift report or a counter read failed.
@@ -112,38 +114,32 @@ impl BudgetDrift {
     }
 }
 
-/// What reservations hold on one budget in its current period.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Held {
-    pub budget_id: String,
-    pub reserved: u64,
-}
-
 /// One Check call's lines: a tenant's budgets, or the global ones (`tenant: None`).
 struct Group<'p> {
     tenant: Option<&'p TenantPolicy>,
     planned: Vec<Planned<'p>>,
 }
 
-/// Lays out the current period of every compared budget (of `only` if given), one group
-/// per tenant by id, then the global group.
+/// Lays out the current period of every compared budget of every tenant (of `only` if
+/// given), one group per tenant, then with `global` the global group.
 fn groups<'p>(
     policy: &'p Policy,
-    prefix: &str,
+    ns: &str,
     only: Option<&str>,
+    global: bool,
     now_secs: u64,
 ) -> Vec<Group<'p>> {
-    let ns = namespace(prefix);
     let layout = Layout {
-        ns: &ns,
+        ns,
         now_secs,
         session_idle_secs: 0,
     };
     let compared = |b: &&BudgetPolicy| !counts_per_session(b);
-    let mut tenants: Vec<&TenantPolicy> = policy.tenants().collect();
-    tenants.sort_by(|a, b| a.id.cmp(&b.id));
     let mut groups = Vec::new();
-    for tenant in tenants.iter().filter(|t| only.is_none_or(|id| t.id == id)) {
+    let tenants = policy
+        .tenants()
+        .filter(|t| only.is_none_or(|id| t.id == id));
+    for tenant in tenants {
         let planned = tenant
             .spend_budgets()
             .iter()
@@ -155,8 +151,8 @@ fn groups<'p>(
             planned,
         });
     }
-    // A tenant-scoped reader sees no global budget.
-    if let (None, Some(anchor)) = (only, tenants.first()) {
+    // Global lines borrow a tenant: any will do, their keys do not depend on it.
+    if global && let Some(anchor) = policy.tenants().next() {
         let planned = policy
             .global_spend_budgets()
             .iter()
@@ -173,10 +169,26 @@ fn groups<'p>(
 }
 
 impl Counters {
+    /// The counters as the limiter keys them: in `store` under `key_prefix` (setting
+    /// `key_prefix`), for the budgets of `policy`; `writer` completes the ledger.
+    pub fn new(
+        store: Store,
+        policy: CurrentPolicy,
+        writer: Arc<LedgerWriter>,
+        key_prefix: &str,
+    ) -> Counters {
+        Counters {
+            store,
+            policy,
+            writer,
+            namespace: namespace(key_prefix),
+        }
+    }
+
     /// Reads a group's counters: one Check, no markers, so nothing is rebuilt.
     async fn check(&self, group: &Group<'_>, now_ms: i64) -> Result<BudgetReply, StoreError> {
         let call = BudgetCall {
-            namespace: namespace(&self.key_prefix),
+            namespace: self.namespace.clone(),
             markers: Vec::new(),
             lines: group.planned.iter().map(|p| p.line.clone()).collect(),
             op: BudgetOp::Check,
@@ -187,25 +199,23 @@ impl Counters {
             .unwrap_or(Err(StoreError::Timeout(STORE_READ_TIMEOUT)))
     }
 
-    /// What reservations hold on every compared budget (of `tenant` if given) now.
+    /// What reservations hold now on every compared tenant and tenant-model budget (of
+    /// `tenant` if given), by budget id. Global budgets are not read.
     pub async fn reserved(
         &self,
         tenant: Option<&str>,
         now_ms: i64,
-    ) -> Result<Vec<Held>, DriftError> {
+    ) -> Result<HashMap<String, u64>, DriftError> {
         let policy = self.policy.load_full();
-        let mut held = Vec::new();
-        for group in groups(&policy, &self.key_prefix, tenant, now_secs(now_ms)) {
+        let mut held = HashMap::new();
+        for group in groups(&policy, &self.namespace, tenant, false, now_secs(now_ms)) {
             let reply = self.check(&group, now_ms).await?;
             held.extend(
                 group
                     .planned
                     .iter()
                     .zip(&reply.reserved)
-                    .map(|(p, r)| Held {
-                        budget_id: p.budget.id.clone(),
-                        reserved: *r,
-                    }),
+                    .map(|(p, r)| (p.budget.id.clone(), *r)),
             );
         }
         Ok(held)
@@ -222,7 +232,9 @@ impl Counters {
         let policy = self.policy.load_full();
         let now_secs = now_secs(now_ms);
         let mut rows = Vec::new();
-        for group in groups(&policy, &self.key_prefix, tenant, now_secs) {
+        // A tenant-scoped reader sees no global budget.
+        let global = tenant.is_none();
+        for group in groups(&policy, &self.namespace, tenant, global, now_secs) {
             let reply = self.check(&group, now_ms).await?;
             // Settled events still in the outbox are in the counters: into the ledger first.
             self.writer.drain().await?;
@@ -269,11 +281,9 @@ fn row(
     let units = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     let counter = units(used);
     let drift = counter.saturating_sub(ledger);
-    let show = |n: i64| match b.measure {
-        Measure::Cost => format_micros(n),
-        _ => n.to_string(),
-    };
+    let show = |n: i64| display_amount(b.measure, n);
     let tz = tenant.map_or(TimeZone::UTC, |t| t.timezone.clone());
+    let time = |secs: u64| local_time(&tz, secs).unwrap_or_default();
     let (start, end) = p
         .window
         .map_or((0, 0), |w| (w.start, now_secs + w.until_reset));
@@ -286,8 +296,8 @@ fn row(
         measure: b.measure,
         token_type: b.token_type.clone(),
         currency: b.currency.clone(),
-        period_start: local_time(start, &tz),
-        period_end: local_time(end, &tz),
+        period_start: time(start),
+        period_end: time(end),
         counter: show(counter),
         reserved: show(units(reserved)),
         ledger: show(ledger),
@@ -299,19 +309,6 @@ fn row(
             drift,
         },
     }
-}
-
-/// RFC 3339 in `tz`, seconds precision (as the budget report writes periods).
-fn local_time(secs: u64, tz: &TimeZone) -> String {
-    i64::try_from(secs)
-        .ok()
-        .and_then(|s| jiff::Timestamp::from_second(s).ok())
-        .map(|t| {
-            t.to_zoned(tz.clone())
-                .strftime("%Y-%m-%dT%H:%M:%S%:z")
-                .to_string()
-        })
-        .unwrap_or_default()
 }
 
 /// The drift rows as a plain-text table, one line per budget after a header (for
@@ -337,10 +334,10 @@ pub fn table(rows: &[BudgetDrift]) -> String {
         lines.push([
             r.tenant_id.clone().unwrap_or_else(|| "(global)".to_owned()),
             r.name.clone(),
-            name(&r.scope),
+            r.scope.as_str().to_owned(),
             match &r.token_type {
-                Some(t) => format!("{}:{t}", name(&r.measure)),
-                None => name(&r.measure),
+                Some(t) => format!("{}:{t}", r.measure.as_str()),
+                None => r.measure.as_str().to_owned(),
             },
             r.period_start.clone(),
             money(&r.counter),
@@ -376,14 +373,6 @@ pub fn table(rows: &[BudgetDrift]) -> String {
     out
 }
 
-/// A budget enum's name as its JSON writes it.
-fn name<T: Serialize>(value: &T) -> String {
-    match serde_json::to_value(value) {
-        Ok(serde_json::Value::String(s)) => s,
-        _ => String::new(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -395,10 +384,7 @@ mod tests {
         counter: i64,
         ledger: i64,
     ) -> BudgetDrift {
-        let show = |n: i64| match measure {
-            Measure::Cost => format_micros(n),
-            _ => n.to_string(),
-        };
+        let show = |n: i64| display_amount(measure, n);
         BudgetDrift {
             tenant_id: tenant.map(str::to_owned),
             budget_id: format!("b-{name}"),

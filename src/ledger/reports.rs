@@ -29,7 +29,7 @@ use super::budgets::{
     Amount, Budget, BudgetFilter, CalendarUnit, Enforcement, Measure, Period, Scope,
 };
 use super::{Ledger, LedgerError};
-use crate::limiter::budget::SpentQuery;
+use crate::limiter::budget::{SpentQuery, local_time};
 use crate::limiter::window::Window;
 use crate::rules::Unit;
 
@@ -494,8 +494,8 @@ pub struct StatusUnits {
 
 impl BudgetStatus {
     /// Sets what reservations hold in the period (storage units), and `remaining` with it.
-    pub fn hold(&mut self, reserved: i64) {
-        let reserved = reserved.max(0);
+    pub fn hold(&mut self, reserved: u64) {
+        let reserved = i64::try_from(reserved).unwrap_or(i64::MAX);
         let u = &mut self.units;
         u.reserved = reserved;
         u.remaining = u
@@ -515,19 +515,14 @@ impl BudgetStatus {
         tz: &TimeZone,
     ) -> BudgetStatus {
         let limit = budget.effective_units();
-        let reserved = 0;
-        let remaining = limit.saturating_sub(spent).saturating_sub(reserved).max(0);
         let show = |units| Amount::from_units(budget.measure, units);
         let time = |ms: i64| {
-            Timestamp::from_millisecond(ms)
-                .map(|t| {
-                    t.to_zoned(tz.clone())
-                        .strftime("%Y-%m-%dT%H:%M:%S%:z")
-                        .to_string()
-                })
+            u64::try_from(ms / 1_000)
+                .ok()
+                .and_then(|secs| local_time(tz, secs))
                 .unwrap_or_default()
         };
-        BudgetStatus {
+        let mut status = BudgetStatus {
             tenant_id,
             budget_id: budget.id.clone(),
             name: budget.name.clone(),
@@ -539,17 +534,19 @@ impl BudgetStatus {
             currency: budget.currency.clone(),
             limit: show(limit),
             spent: show(spent),
-            reserved: show(reserved),
-            remaining: show(remaining),
+            reserved: show(0),
+            remaining: show(0),
             period_start: time(start_ms),
             period_end: time(end_ms),
             units: StatusUnits {
                 limit,
                 spent,
-                reserved,
-                remaining,
+                ..StatusUnits::default()
             },
-        }
+        };
+        // Nothing reserved until the counters say otherwise.
+        status.hold(0);
+        status
     }
 }
 

@@ -359,19 +359,19 @@ pub fn remaining(limit: u64, used: u64, reserved: u64) -> u64 {
     limit.saturating_sub(used.saturating_add(reserved))
 }
 
-/// The budget's figure as shown to people: a count, or an exact decimal of money.
-pub fn display_amount(budget: &BudgetPolicy, units: u64) -> String {
-    match budget.measure {
-        Measure::Cost => crate::money::format_micros(i64::try_from(units).unwrap_or(i64::MAX)),
+/// A figure of `measure` as shown to people, signed: a count, or an exact decimal of money.
+pub fn display_amount(measure: Measure, units: i64) -> String {
+    match measure {
+        Measure::Cost => crate::money::format_micros(units),
         _ => units.to_string(),
     }
 }
 
-/// RFC 3339 in the tenant's timezone, seconds precision.
-pub fn local_time(tenant: &TenantPolicy, secs: u64) -> Option<String> {
+/// RFC 3339 in `tz`, seconds precision (budget periods and reset times).
+pub fn local_time(tz: &jiff::tz::TimeZone, secs: u64) -> Option<String> {
     let ts = jiff::Timestamp::from_second(i64::try_from(secs).ok()?).ok()?;
     Some(
-        ts.to_zoned(tenant.timezone.clone())
+        ts.to_zoned(tz.clone())
             .strftime("%Y-%m-%dT%H:%M:%S%:z")
             .to_string(),
     )
@@ -386,7 +386,10 @@ pub fn exhausted_body(planned: &Planned<'_>, remaining_units: u64, now_secs: u64
         r#"{{"error":"{BUDGET_EXHAUSTED}","tenant":{},"budget":{},"remaining":{}"#,
         text(&planned.tenant.id),
         text(&budget.name),
-        text(&display_amount(budget, remaining_units)),
+        text(&display_amount(
+            budget.measure,
+            i64::try_from(remaining_units).unwrap_or(i64::MAX)
+        )),
     );
     if budget.measure == Measure::Cost {
         body.push_str(&format!(
@@ -396,7 +399,7 @@ pub fn exhausted_body(planned: &Planned<'_>, remaining_units: u64, now_secs: u64
     }
     if let Some(resets_at) = planned
         .window
-        .and_then(|w| local_time(planned.tenant, now_secs + w.until_reset))
+        .and_then(|w| local_time(&planned.tenant.timezone, now_secs + w.until_reset))
     {
         body.push_str(&format!(r#","resets_at":{}"#, text(&resets_at)));
     }
@@ -855,8 +858,8 @@ impl Limiter {
             for threshold in crate::alerts::crossed(before, after, b.limit, &b.alert_thresholds) {
                 let (period_start, period_end) = match p.window {
                     Some(w) => (
-                        local_time(p.tenant, w.start),
-                        local_time(p.tenant, now_secs + w.until_reset),
+                        local_time(&p.tenant.timezone, w.start),
+                        local_time(&p.tenant.timezone, now_secs + w.until_reset),
                     ),
                     None => (None, None),
                 };
@@ -897,7 +900,8 @@ fn tightest(
             let left = remaining(p.budget.limit, reply.used[i], reply.reserved[i]);
             let share_ppm =
                 (u128::from(left) * 1_000_000 / u128::from(p.budget.limit.max(1))) as u64;
-            let mut shown = display_amount(p.budget, left);
+            let mut shown =
+                display_amount(p.budget.measure, i64::try_from(left).unwrap_or(i64::MAX));
             if p.budget.measure == Measure::Cost {
                 shown.push(' ');
                 shown.push_str(p.tenant.currency.as_str());
@@ -907,7 +911,7 @@ fn tightest(
                 remaining: shown,
                 resets_at: p
                     .window
-                    .and_then(|w| local_time(p.tenant, now_secs + w.until_reset)),
+                    .and_then(|w| local_time(&p.tenant.timezone, now_secs + w.until_reset)),
                 share_ppm,
             }
         })
