@@ -10,6 +10,7 @@
 //! `TOLLGATE_SKIP_ENVOY=1` is set.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -53,30 +54,12 @@ async fn envoy_enforces_tollgate_limits_and_adds_rate_limit_headers() {
     };
     let rules = rules_dir();
     let clock = ManualClock::at_secs(WINDOW_START + SECS_INTO_WINDOW);
-    let settings = Settings {
-        grpc_addr: loopback_port_0(),
-        http_addr: loopback_port_0(),
-        rules_dir: rules.path().to_owned(),
-        watch_rules: false,
-        // The ledger is not under test here; keep it out of the working directory.
-        database_url: format!("sqlite://{}/.ledger.db", rules.path().display()),
-        outbox_path: rules.path().join(".outbox.jsonl"),
-        store_deadline_ms: 1000,
-        ..Settings::default()
-    };
-    let app = App::build_with_clock(settings, Arc::new(clock))
+    let app = App::build_with_clock(settings(&rules), Arc::new(clock))
         .await
         .expect("tollgate builds");
     let tollgate = RunningApp::spawn(app);
     let upstream = Upstream::start().await;
-    let envoy = Envoy::start(
-        &envoy_path,
-        &BOOTSTRAP.replace("{{DOMAIN}}", DOMAIN),
-        tollgate.grpc_addr,
-        upstream.addr,
-        "5s",
-    )
-    .await;
+    let envoy = start_envoy(&envoy_path, &tollgate, &upstream, Duration::from_secs(5)).await;
     let client = http_client();
 
     let window_policy = format!("{LIMIT}, {LIMIT};w={WINDOW_SECS};name=\"per-user\"");
@@ -136,16 +119,9 @@ async fn envoy_fails_closed_with_500_when_the_store_is_unreachable() {
     let rules = rules_dir();
     let deadline = Duration::from_millis(200);
     let settings = Settings {
-        grpc_addr: loopback_port_0(),
-        http_addr: loopback_port_0(),
-        rules_dir: rules.path().to_owned(),
-        watch_rules: false,
-        // The ledger is not under test here; keep it out of the working directory.
-        database_url: format!("sqlite://{}/.ledger.db", rules.path().display()),
-        outbox_path: rules.path().join(".outbox.jsonl"),
         store: format!("redis://{}", closed_port()),
         store_deadline_ms: deadline.as_millis() as u64,
-        ..Settings::default()
+        ..settings(&rules)
     };
     let app = App::build(settings)
         .await
@@ -155,14 +131,7 @@ async fn envoy_fails_closed_with_500_when_the_store_is_unreachable() {
     // Envoy's own timeout is far above tollgate's store deadline: a 500 well before it
     // comes from tollgate's gRPC error, not from Envoy giving up on the call.
     let rls_timeout = Duration::from_secs(10);
-    let envoy = Envoy::start(
-        &envoy_path,
-        &BOOTSTRAP.replace("{{DOMAIN}}", DOMAIN),
-        tollgate.grpc_addr,
-        upstream.addr,
-        "10s",
-    )
-    .await;
+    let envoy = start_envoy(&envoy_path, &tollgate, &upstream, rls_timeout).await;
     let client = http_client();
 
     for attempt in 1..=2 {
@@ -211,6 +180,39 @@ fn rules_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("a temporary directory");
     std::fs::write(dir.path().join("envoy-smoke.yaml"), RULES).expect("rules written");
     dir
+}
+
+/// Tollgate on loopback port 0 serving the rules in `rules`, with a store deadline of 1 s.
+fn settings(rules: &tempfile::TempDir) -> Settings {
+    Settings {
+        grpc_addr: loopback_port_0(),
+        http_addr: loopback_port_0(),
+        rules_dir: rules.path().to_owned(),
+        watch_rules: false,
+        // The ledger is not under test here; keep it out of the working directory.
+        database_url: format!("sqlite://{}/.ledger.db", rules.path().display()),
+        outbox_path: rules.path().join(".outbox.jsonl"),
+        store_deadline_ms: 1000,
+        ..Settings::default()
+    }
+}
+
+/// Envoy (the binary at `path`) in front of `upstream`, asking `tollgate` about [`DOMAIN`]
+/// and waiting at most `rls_timeout` for each answer.
+async fn start_envoy(
+    path: &Path,
+    tollgate: &RunningApp,
+    upstream: &Upstream,
+    rls_timeout: Duration,
+) -> Envoy {
+    Envoy::start(
+        path,
+        &BOOTSTRAP.replace("{{DOMAIN}}", DOMAIN),
+        tollgate.grpc_addr,
+        upstream.addr,
+        &format!("{}s", rls_timeout.as_secs_f64()),
+    )
+    .await
 }
 
 /// A loopback address nothing listens on (bound, then released).
