@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitResponse;
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use serde_json::{Value, json};
 use tollgate::ledger::Ledger;
 
@@ -16,23 +15,6 @@ use crate::helpers::*;
 use crate::on_both_databases;
 use crate::private_postgres::PrivatePostgres;
 use crate::private_redis::PrivateRedis;
-
-const MODEL: &str = "claude-sonnet";
-
-/// Active tenant `acme` (USD, Europe/Berlin) with `claude-sonnet` granted and the worked
-/// example's prices in force since the epoch.
-async fn llm_tenant(app: &AdminApp) {
-    app.active_tenant("acme", &[MODEL]).await;
-    for (token_type, price) in [("input", "3.00"), ("output", "15.00")] {
-        price_from(app, token_type, price, 0).await;
-    }
-}
-
-async fn price_from(app: &AdminApp, token_type: &str, price: &str, from_ms: i64) {
-    let body = json!({"model": MODEL, "token_type": token_type, "currency": "USD",
-        "price_per_million": price, "effective_from": from_ms});
-    app.post("/prices", ADMIN, body).await.expect(201);
-}
 
 async fn budget(app: &AdminApp, body: Value) {
     app.post("/budgets", ADMIN, body).await.expect(201);
@@ -66,31 +48,6 @@ async fn guard(app: &AdminApp, reservation: Option<(&str, u64)>) -> RateLimitRes
             app.decide_with(&[(&entries, Some(0))]).await
         }
     }
-}
-
-/// Stream done: `input` and `output` tokens used by `request_id`.
-async fn settle(app: &AdminApp, request_id: &str, input: u64, output: u64) {
-    let base = [
-        ("tenant_id", "acme"),
-        ("model", MODEL),
-        ("request_id", request_id),
-    ];
-    let input_entries = [base.as_slice(), &[("token_type", "input")]].concat();
-    let output_entries = [base.as_slice(), &[("token_type", "output")]].concat();
-    let answer = app
-        .decide_with(&[
-            (&input_entries, Some(input)),
-            (&output_entries, Some(output)),
-        ])
-        .await;
-    assert!(
-        ok(&answer),
-        "Envoy ignores it, but it must not fail: {answer:?}"
-    );
-}
-
-fn ok(response: &RateLimitResponse) -> bool {
-    response.overall_code == Code::Ok as i32
 }
 
 fn header<'r>(response: &'r RateLimitResponse, name: &str) -> Option<&'r str> {

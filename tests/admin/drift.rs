@@ -7,24 +7,18 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use serde_json::{Value, json};
 
 use crate::helpers::*;
 use crate::on_both_databases;
 
-const MODEL: &str = "claude-sonnet";
-
-/// Active tenant `acme` (USD, Europe/Berlin) with `claude-sonnet` granted, the worked
-/// example's prices, and four budgets: acme's monthly cost (hard), acme's daily output
-/// tokens (soft), acme's hourly requests to the model (soft) and a global monthly cost
-/// (soft).
+/// Active tenant `acme` with [`MODEL`] granted and priced ([`llm_tenant`]), and four
+/// budgets: acme's monthly cost (hard), acme's daily output tokens (soft), acme's hourly
+/// requests to the model (soft) and a global monthly cost (soft). Every settlement below
+/// is 1,200 input and 350 output tokens: 0.008850 USD at these prices.
 async fn setup(app: &AdminApp) {
-    app.active_tenant("acme", &[MODEL]).await;
-    for (token_type, price) in [("input", "3.00"), ("output", "15.00")] {
-        let body = json!({"model": MODEL, "token_type": token_type, "currency": "USD",
-            "price_per_million": price, "effective_from": 0});
-        app.post("/prices", ADMIN, body).await.expect(201);
-    }
+    llm_tenant(app).await;
     for body in [
         json!({"name": "monthly-cost", "scope": "tenant", "tenant_id": "acme", "measure": "cost",
             "period": {"calendar": "month"}, "amount": "100.00", "enforcement": "hard"}),
@@ -39,19 +33,6 @@ async fn setup(app: &AdminApp) {
     }
 }
 
-/// Stream done: 1200 input and 350 output tokens of `request_id` (0.008850 USD).
-async fn settle(app: &AdminApp, request_id: &str) {
-    let base = [
-        ("tenant_id", "acme"),
-        ("model", MODEL),
-        ("request_id", request_id),
-    ];
-    let input = [base.as_slice(), &[("token_type", "input")]].concat();
-    let output = [base.as_slice(), &[("token_type", "output")]].concat();
-    app.decide_with(&[(&input, Some(1_200)), (&output, Some(350))])
-        .await;
-}
-
 /// The request path with a reservation of `estimate` tokens for `request_id`.
 async fn reserve(app: &AdminApp, request_id: &str, estimate: &str) {
     let entries = [
@@ -61,7 +42,7 @@ async fn reserve(app: &AdminApp, request_id: &str, estimate: &str) {
         ("estimate", estimate),
     ];
     let answer = app.decide_with(&[(&entries, Some(0))]).await;
-    assert_eq!(answer.overall_code, 1, "reserved: {answer:?}");
+    assert_eq!(answer.overall_code, Code::Ok as i32, "reserved: {answer:?}");
 }
 
 /// The drift report's rows by budget name.
@@ -89,8 +70,8 @@ on_both_databases! {
     async fn counters_settled_through_the_decision_path_agree_with_the_ledger(db: Db) {
         let app = spawn(db).await;
         setup(&app).await;
-        settle(&app, "r-1").await;
-        settle(&app, "r-1").await; // a resend is charged once, in both places
+        settle(&app, "r-1", 1_200, 350).await;
+        settle(&app, "r-1", 1_200, 350).await; // a resend is charged once, in both places
 
         let rows = drift(&app, "").await;
         let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
@@ -120,7 +101,7 @@ on_both_databases! {
     async fn an_adjustment_moves_the_ledger_and_shows_as_drift_of_exactly_its_amount(db: Db) {
         let app = spawn(db).await;
         setup(&app).await;
-        settle(&app, "r-1").await;
+        settle(&app, "r-1", 1_200, 350).await;
         let adjustment = json!({"tenant_id": "acme", "kind": "adjustment", "amount": "1.25", "note": "late invoice"});
         app.post("/adjustments", ADMIN, adjustment).await.expect(201);
 
@@ -150,7 +131,7 @@ on_both_databases! {
     async fn a_reservation_shows_as_reserved_in_the_drift_and_budget_reports(db: Db) {
         let app = spawn(db).await;
         setup(&app).await;
-        settle(&app, "r-1").await;
+        settle(&app, "r-1", 1_200, 350).await;
         let adjustment = json!({"tenant_id": "acme", "kind": "adjustment", "amount": "1.00", "note": "fix"});
         app.post("/adjustments", ADMIN, adjustment).await.expect(201);
         // 1000 tokens at the model's highest price (15.00 per million) hold 0.015000 USD on
@@ -176,7 +157,7 @@ on_both_databases! {
         assert_eq!((&m[11], &m[12]), ("0.015000", "98.976150"));
 
         // Settling it gives the reservation back and charges the actual usage.
-        settle(&app, "r-2").await;
+        settle(&app, "r-2", 1_200, 350).await;
         let monthly = by_name(&drift(&app, "").await, "monthly-cost").clone();
         assert_eq!(figures(&monthly), ("0.017700", "0.000000", "1.017700", "-1.000000"));
     }
@@ -268,7 +249,7 @@ async fn reconcile_reads_redis_counters_and_exits_1_when_a_budget_drifts() {
         .unwrap();
     app.clock.set_secs(now.as_secs());
     setup(&app).await;
-    settle(&app, "r-1").await;
+    settle(&app, "r-1", 1_200, 350).await;
     let dir = tempfile::TempDir::new().unwrap();
     let run = |args: &[&str]| reconcile(dir.path(), &database.url, redis, &prefix, args);
 

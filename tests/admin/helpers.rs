@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use reqwest::{Method, StatusCode};
-use serde_json::Value;
+use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tollgate::app::App;
@@ -29,6 +30,9 @@ pub const START_SECS: u64 = 1_795_305_600;
 
 /// The admin secret every test app starts with.
 pub const ADMIN: &str = "tg_test_admin_secret_0123456789abcdef0123456789";
+
+/// The model [`llm_tenant`] grants and prices.
+pub const MODEL: &str = "claude-sonnet";
 
 /// A descriptor's entries and its own `hits_addend`, when it has one.
 pub type WithAddend<'a> = (&'a [(&'a str, &'a str)], Option<u64>);
@@ -284,6 +288,49 @@ impl AdminApp {
             grant(&self.ledger, id, model).await;
         }
     }
+}
+
+/// Active tenant `acme` (USD, Europe/Berlin) with [`MODEL`] granted and the worked
+/// example's prices (3.00 input, 15.00 output per million tokens) in force since the epoch.
+pub async fn llm_tenant(app: &AdminApp) {
+    app.active_tenant("acme", &[MODEL]).await;
+    for (token_type, price) in [("input", "3.00"), ("output", "15.00")] {
+        price_from(app, token_type, price, 0).await;
+    }
+}
+
+/// [`MODEL`]'s price per million `token_type` tokens, in force from `from_ms`.
+pub async fn price_from(app: &AdminApp, token_type: &str, price: &str, from_ms: i64) {
+    let body = json!({"model": MODEL, "token_type": token_type, "currency": "USD",
+        "price_per_million": price, "effective_from": from_ms});
+    app.post("/prices", ADMIN, body).await.expect(201);
+}
+
+/// Stream done: `input` and `output` tokens of [`MODEL`] used by acme's `request_id`.
+/// The answer must be OK: Envoy ignores it, but it must not fail.
+pub async fn settle(app: &AdminApp, request_id: &str, input: u64, output: u64) {
+    let base = [
+        ("tenant_id", "acme"),
+        ("model", MODEL),
+        ("request_id", request_id),
+    ];
+    let input_entries = [base.as_slice(), &[("token_type", "input")]].concat();
+    let output_entries = [base.as_slice(), &[("token_type", "output")]].concat();
+    let answer = app
+        .decide_with(&[
+            (&input_entries, Some(input)),
+            (&output_entries, Some(output)),
+        ])
+        .await;
+    assert!(
+        ok(&answer),
+        "Envoy ignores it, but it must not fail: {answer:?}"
+    );
+}
+
+/// Whether `ShouldRateLimit` answered OK.
+pub fn ok(response: &RateLimitResponse) -> bool {
+    response.overall_code == Code::Ok as i32
 }
 
 /// Activates the pending tenant `id` in `ledger`, as an approved request would.
