@@ -191,7 +191,7 @@ async fn config_error(options: RedisOptions) -> String {
 async fn a_password_in_the_url_authenticates() {
     bounded(async {
         let redis = SecureRedis::start(Plain, &["--requirepass", PASSWORD]).await;
-        let url = format!("redis://:{PASSWORD}@127.0.0.1:{}", redis.port);
+        let url = format!("redis://:{PASSWORD}@127.0.0.1:{}", redis.port());
         let store = assert_counts(&url).await;
 
         // The count is really in that server: read it behind the store's back.
@@ -221,7 +221,7 @@ async fn a_password_in_the_url_authenticates() {
 async fn a_wrong_or_missing_password_fails_cleanly_and_never_shows_the_password() {
     bounded(async {
         let redis = SecureRedis::start(Plain, &["--requirepass", PASSWORD]).await;
-        let port = redis.port;
+        let port = redis.port();
 
         let wrong = "Wrong-pw-7f3a9c";
         let texts = assert_refused(&format!("redis://:{wrong}@127.0.0.1:{port}")).await;
@@ -269,7 +269,7 @@ async fn an_acl_user_and_password_authenticate_and_nothing_else_does() {
             ],
         )
         .await;
-        let port = redis.port;
+        let port = redis.port();
 
         assert_counts(&format!("redis://alice:pw@127.0.0.1:{port}")).await;
         // Percent-encoded credentials are decoded before AUTH.
@@ -315,7 +315,7 @@ async fn tls_without_verification_works_by_name_and_by_address() {
             &[],
         )
         .await;
-        let port = redis.port;
+        let port = redis.port();
         assert_counts(&format!("rediss://localhost:{port}#insecure")).await;
         let store = assert_counts(&format!("rediss://127.0.0.1:{port}/1#insecure")).await;
         assert!(
@@ -346,7 +346,7 @@ async fn tls_and_a_password_together() {
             &["--requirepass", PASSWORD],
         )
         .await;
-        let port = redis.port;
+        let port = redis.port();
         assert_counts(&format!("rediss://:{PASSWORD}@localhost:{port}#insecure")).await;
         let texts = assert_refused(&format!("rediss://:nope-pw@localhost:{port}#insecure")).await;
         assert!(!texts.contains("nope-pw"), "{texts}");
@@ -367,7 +367,7 @@ async fn tls_with_a_certificate_the_store_does_not_trust_fails_cleanly() {
             &[],
         )
         .await;
-        let port = redis.port;
+        let port = redis.port();
         for url in [
             format!("rediss://localhost:{port}"),
             format!("rediss://127.0.0.1:{port}"),
@@ -400,7 +400,7 @@ async fn plain_redis_against_a_tls_port_fails_cleanly() {
             &[],
         )
         .await;
-        let port = redis.port;
+        let port = redis.port();
         assert_refused(&format!("redis://127.0.0.1:{port}")).await;
         let err = prompt_refusal(&format!("redis://127.0.0.1:{port}")).await;
         assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
@@ -415,7 +415,7 @@ async fn tls_against_a_plain_port_fails_cleanly() {
         // for its end while the client waits for a ServerHello: neither side says no, so
         // this one fails only when the connect timeout runs out, not at once.
         let redis = SecureRedis::start(Plain, &[]).await;
-        let port = redis.port;
+        let port = redis.port();
         assert_refused(&format!("rediss://localhost:{port}#insecure")).await;
         assert_counts(&format!("redis://127.0.0.1:{port}")).await;
     })
@@ -427,7 +427,7 @@ async fn a_server_that_requires_a_client_certificate_refuses_the_store_cleanly()
     bounded(async {
         // mutual TLS, and the store is given no client certificate to offer.
         let redis = SecureRedis::start(Tls { client_certs: true }, &[]).await;
-        let url = format!("rediss://localhost:{}#insecure", redis.port);
+        let url = format!("rediss://localhost:{}#insecure", redis.port());
         let texts = assert_refused(&url).await;
         // rustls: "received fatal alert: CertificateRequired".
         assert!(texts.to_lowercase().contains("certificate"), "{texts}");
@@ -451,7 +451,7 @@ async fn a_private_ca_verifies_the_server_by_name_and_by_address() {
             &["--requirepass", PASSWORD, "--bind 127.0.0.1 127.0.0.2"],
         )
         .await;
-        let (port, certs) = (redis.port, redis.certs());
+        let (port, certs) = (redis.port(), redis.certs());
         let verified = |url: String| tls_options(&url, Some(certs), None);
 
         assert_counts(verified(format!("rediss://:{PASSWORD}@localhost:{port}"))).await;
@@ -493,7 +493,7 @@ async fn a_wrong_ca_fails_cleanly() {
             &[],
         )
         .await;
-        let port = redis.port;
+        let port = redis.port();
         let stranger_dir = TempDir::new().unwrap();
         let stranger = make_certs(stranger_dir.path());
         for url in [
@@ -524,7 +524,7 @@ async fn a_wrong_ca_fails_cleanly() {
 async fn a_server_that_requires_a_client_certificate_accepts_one_its_ca_signed() {
     bounded(async {
         let redis = SecureRedis::start(Tls { client_certs: true }, &[]).await;
-        let (port, certs) = (redis.port, redis.certs());
+        let (port, certs) = (redis.port(), redis.certs());
         let url = format!("rediss://localhost:{port}");
         let stranger_dir = TempDir::new().unwrap();
         let stranger = make_certs(stranger_dir.path());
@@ -558,12 +558,12 @@ async fn sentinel_over_verified_mutual_tls_reaches_the_master() {
     bounded(async {
         let master = SecureRedis::start(Tls { client_certs: true }, &[]).await;
         let certs = master.certs();
-        let sentinel = SecureRedis::sentinel(master.port, certs).await;
-        let url = format!("rediss+sentinel://localhost:{}/tgmaster", sentinel.port);
+        let sentinel = SecureRedis::sentinel(master.port(), certs).await;
+        let url = format!("rediss+sentinel://localhost:{}/tgmaster", sentinel.port());
 
         // The sentinel is reached by name, the master at the address it reports.
         assert_counts(tls_options(&url, Some(certs), Some(certs))).await;
-        let mut conn = direct_tls(&format!("rediss://127.0.0.1:{}", master.port), certs).await;
+        let mut conn = direct_tls(&format!("rediss://127.0.0.1:{}", master.port()), certs).await;
         let value: u64 = redis::cmd("GET")
             .arg("k")
             .query_async(&mut conn)
@@ -934,7 +934,7 @@ async fn a_whole_app_over_tls_counts_to_the_limit() {
             &[],
         )
         .await;
-        let app = RunningApp::start(format!("rediss://localhost:{}#insecure", redis.port)).await;
+        let app = RunningApp::start(format!("rediss://localhost:{}#insecure", redis.port())).await;
 
         let health = reqwest::get(format!("{}/healthcheck", app.http))
             .await
@@ -954,7 +954,7 @@ async fn a_whole_app_over_tls_counts_to_the_limit() {
         assert_eq!(app.should_rate_limit("b").await, Ok);
 
         // The counters live in the TLS server.
-        let mut conn = direct(&format!("rediss://localhost:{}/#insecure", redis.port)).await;
+        let mut conn = direct(&format!("rediss://localhost:{}/#insecure", redis.port())).await;
         let keys: Vec<String> = redis::cmd("KEYS")
             .arg("*")
             .query_async(&mut conn)
@@ -984,7 +984,7 @@ async fn a_whole_app_over_verified_mutual_tls_answers() {
     bounded(async {
         let redis = SecureRedis::start(Tls { client_certs: true }, &[]).await;
         let certs = redis.certs().clone();
-        let url = format!("rediss://localhost:{}", redis.port);
+        let url = format!("rediss://localhost:{}", redis.port());
         let app = RunningApp::start_with(url.clone(), |settings| {
             settings.redis_tls_ca_file = Some(certs.ca.clone());
             settings.redis_tls_client_cert_file = Some(certs.client_cert.clone());
@@ -1067,8 +1067,7 @@ async fn connect_direct(client: redis::Client) -> redis::aio::MultiplexedConnect
 /// were given, its certificates.
 struct SecureRedis {
     /// Killed first, when dropped.
-    _redis: PrivateRedis,
-    port: u16,
+    redis: PrivateRedis,
     /// The TLS files it uses, when it speaks TLS.
     certs: Option<Certs>,
     /// Working directory, log and certificates; removed after the kill.
@@ -1098,6 +1097,11 @@ impl SecureRedis {
             }
         }
         panic!("could not start a private redis-server; its last log:\n{last_log}");
+    }
+
+    /// The port it listens on (its TLS port when it speaks TLS).
+    fn port(&self) -> u16 {
+        self.redis.port
     }
 
     /// The TLS files of a TLS server.
@@ -1197,8 +1201,7 @@ impl SecureRedis {
     ) -> Result<Self, String> {
         let redis = PrivateRedis::launch(args, port, Ready::Logged { log, text: ready }).await?;
         Ok(Self {
-            _redis: redis,
-            port,
+            redis,
             certs,
             _dir: dir,
         })
@@ -1235,7 +1238,7 @@ impl TlsCluster {
                 .await,
             );
         }
-        let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
+        let ports: Vec<u16> = nodes.iter().map(SecureRedis::port).collect();
         let out = Command::new("redis-cli")
             .arg("--tls")
             .arg("--cacert")

@@ -227,11 +227,20 @@ pub struct PrivateCluster {
 
 impl PrivateCluster {
     /// Starts the nodes, joins them with `redis-cli --cluster create`, and waits until
-    /// each reports `cluster_state:ok`.
+    /// each reports `cluster_state:ok`; panics after 3 x [`ATTEMPTS`] ports that failed.
     pub async fn start() -> Self {
         let mut nodes = Vec::new();
         let mut dirs = Vec::new();
+        let mut attempts = 0;
         while nodes.len() < 3 {
+            attempts += 1;
+            assert!(
+                attempts <= 3 * ATTEMPTS,
+                "could not start the 3 nodes of a private Redis Cluster: {} started in {} \
+                 attempts (is redis-server on PATH and able to enable cluster mode?)",
+                nodes.len(),
+                3 * ATTEMPTS
+            );
             let dir = tempfile::tempdir().unwrap();
             // The cluster config file is relative to the node's `--dir`.
             let extra = ["--cluster-enabled yes", "--cluster-config-file nodes.conf"];
