@@ -300,13 +300,23 @@ on_both_databases! {
         let app = spawn(db).await;
         llm_tenant(&app).await;
         hourly_tokens(&app, 10_000).await;
+        // A valid request's usage first in the same call: it is not charged either.
+        let valid = [
+            ("tenant_id", "acme"),
+            ("model", MODEL),
+            ("request_id", "r-8"),
+            ("token_type", "input"),
+        ];
         let entries = [
             ("tenant_id", "acme"),
             ("model", MODEL),
             ("request_id", "r\u{0}9"),
             ("token_type", "input"),
         ];
-        let refused = app.try_decide_with(&[(&entries, Some(1_200))]).await.unwrap_err();
+        let refused = app
+            .try_decide_with(&[(&valid, Some(500)), (&entries, Some(1_200))])
+            .await
+            .unwrap_err();
         assert_eq!(refused.code(), tonic::Code::Unknown);
         assert!(
             refused.message().contains("request_id must not contain a NUL character"),
