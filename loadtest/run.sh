@@ -27,7 +27,8 @@ DURATION=
 WARMUP=
 SCENARIOS="one five wildcard high-cardinality rules-10k token-budget"
 STORES="memory redis"
-REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
+# Empty: a private redis-server of this run's own (see "Redis" below).
+REDIS_URL=${REDIS_URL:-}
 CONNECTIONS=4
 CONCURRENCY=16
 FRACTION=0.5
@@ -56,7 +57,8 @@ Options:
   --warmup S            seconds of warm-up per run [2; 1 in latency mode]
   --scenarios "A B"     one five wildcard high-cardinality rules-10k token-budget
   --stores "A B"        tollgate stores to measure: memory and/or redis
-  --redis URL           Redis for the redis store   [$REDIS_URL or redis://127.0.0.1:6379]
+  --redis URL           an existing Redis for the redis store, left unpinned [$REDIS_URL;
+                        default: a private redis-server pinned with the load generator]
   --connections N       HTTP/2 connections          [4]
   --concurrency N       streams per connection      [16]
   --fraction F          share of the maximum for latency mode   [0.5]
@@ -137,8 +139,8 @@ for b in tollgate tollgate-load noop-rls; do
 done
 LOAD=$BIN/tollgate-load
 
-# Pinning: on n cores, the load generator gets the first half, the servers the rest.
-# Redis (not started here) is left where the OS puts it.
+# Pinning: on n cores, the load generator gets the first half, the servers the rest; a
+# private Redis (below) shares the load generator's.
 PIN_LOAD=()
 PIN_SERVER=()
 PINNING="none (taskset not found or a single core)"
@@ -150,7 +152,7 @@ if command -v taskset >/dev/null 2>&1 && [ "$CORES" -ge 2 ]; then
   server_cpus=$(cpu_range "$half" $((CORES - 1)))
   PIN_LOAD=(taskset -c "$load_cpus")
   PIN_SERVER=(taskset -c "$server_cpus")
-  PINNING="load generator on CPU $load_cpus, servers on CPU $server_cpus, Redis unpinned"
+  PINNING="load generator on CPU $load_cpus, servers on CPU $server_cpus"
 fi
 
 RUN_DIR=$(mktemp -d "${TMPDIR:-/tmp}/tollgate-load.XXXXXX")
@@ -168,12 +170,41 @@ cleanup() {
   done
   PIDS=()
 }
+REDIS_PID=
 on_exit() {
   cleanup
+  if [ -n "$REDIS_PID" ]; then
+    kill "$REDIS_PID" 2>/dev/null || true
+    wait "$REDIS_PID" 2>/dev/null || true
+  fi
   rm -rf "$RUN_DIR"
 }
 trap on_exit EXIT
 trap 'exit 130' INT TERM
+
+# Redis: unless --redis names one, a private redis-server (no persistence, its own port
+# and directory) pinned to the load generator's cores. On a small machine the server
+# under test then has its cores to itself in every row, as the no-op baseline does:
+# left to the OS, Redis is woken on the core of the tollgate that writes to it and
+# takes that core's time (on 2 cores: about a fifth of the Redis rows' throughput). In
+# production Redis runs on machines of its own.
+REDIS_LAYOUT="external, unpinned"
+if [ -z "$REDIS_URL" ] && [[ " $STORES " == *" redis "* ]]; then
+  command -v redis-server >/dev/null 2>&1 || { echo "redis-server not found: install it or pass --redis URL" >&2; exit 1; }
+  redis_port=$("$LOAD" free-port)
+  mkdir -p "$RUN_DIR/redis"
+  "${PIN_LOAD[@]}" redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no \
+    --dir "$RUN_DIR/redis" --logfile "$RUN_DIR/redis/redis.log" &
+  REDIS_PID=$!
+  REDIS_URL=redis://127.0.0.1:$redis_port
+  for _ in $(seq 100); do
+    [ "$(redis-cli -u "$REDIS_URL" ping 2>/dev/null)" = PONG ] && break
+    sleep 0.1
+  done
+  [ "$(redis-cli -u "$REDIS_URL" ping 2>/dev/null)" = PONG ] || { echo "the private redis-server did not start" >&2; exit 1; }
+  REDIS_LAYOUT="private, unpinned"
+  [ ${#PIN_LOAD[@]} -gt 0 ] && REDIS_LAYOUT="private, pinned with the load generator (CPU $load_cpus)"
+fi
 
 # Starts one server and waits until it answers; sets STARTED_URL to its gRPC URL and
 # STARTED_PID to its process id (taskset execs, so it is the server's own). Retries
@@ -416,7 +447,11 @@ redis_version=$(redis-cli -u "$REDIS_URL" info server 2>/dev/null | sed -n 's/^r
   echo
   echo "- machine: $CORES cores${cpu:+ ($cpu)}${mem:+, $mem}; pinning: $PINNING"
   echo "- load average (1, 5, 15 min) before: $LOADAVG_BEFORE; after: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo "?")"
-  echo "- commit: $commit; Redis ${redis_version:-?} at $REDIS_URL"
+  if [ -n "$REDIS_URL" ]; then
+    echo "- commit: $commit; Redis ${redis_version:-?} at $REDIS_URL ($REDIS_LAYOUT)"
+  else
+    echo "- commit: $commit"
+  fi
   echo "- command: \`loadtest/run.sh${ARGS:+ $ARGS}\`"
   echo "- $ROUNDS alternating round(s) per scenario (${LABELS// /, }); each run ${DURATION} s measured after ${WARMUP} s warm-up; $CONNECTIONS HTTP/2 connections x $CONCURRENCY streams"
   echo "- throughput counts answers (OK or OVER_LIMIT); \"x baseline\" is the median over rounds of tollgate / noop in the same round; CPU is cores used by the load generator / the server (the generator's is \"-\" in latency rows: its open-loop pacer spins by design)"

@@ -9,6 +9,10 @@ use loadtest::noop::NoopRls;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
+// The same allocator as tollgate, so the baseline stays the ceiling of the same stack.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A no-op Envoy RateLimitService: every call is answered OK at once.
 #[derive(Parser)]
 #[command(version, about)]

@@ -13,6 +13,11 @@ use loadtest::scenario::{self, Params, Scenario, Unit};
 use loadtest::setup;
 use loadtest::summary::{Mode, RunResult};
 
+// The same allocator as the servers: a generator that needs less CPU per request is a
+// higher ceiling for every server it drives.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Load generator for Envoy's RateLimitService (tollgate, envoyproxy/ratelimit, or any other).
 ///
 /// Without a subcommand it runs load, as `run` does.
