@@ -454,7 +454,7 @@ redis_version=$(redis-cli -u "$REDIS_URL" info server 2>/dev/null | sed -n 's/^r
   fi
   echo "- command: \`loadtest/run.sh${ARGS:+ $ARGS}\`"
   echo "- $ROUNDS alternating round(s) per scenario (${LABELS// /, }); each run ${DURATION} s measured after ${WARMUP} s warm-up; $CONNECTIONS HTTP/2 connections x $CONCURRENCY streams"
-  echo "- throughput counts answers (OK or OVER_LIMIT); \"x baseline\" is the median over rounds of tollgate / noop in the same round; CPU is cores used by the load generator / the server (the generator's is \"-\" in latency rows: its open-loop pacer spins by design)"
+  echo "- throughput counts answers (OK or OVER_LIMIT); \"x baseline\" is the median over rounds of tollgate / noop in the same round; CPU is cores used by the load generator / the server"
   echo
   "$LOAD" report --baseline noop --out - --json-out "loadtest/results/$NAME.json" "${results[@]}"
 } >"loadtest/results/$NAME.md"

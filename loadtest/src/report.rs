@@ -32,7 +32,6 @@ pub struct Row {
     pub p99_us: f64,
     pub p999_us: f64,
     /// Median cores used by the load generator and by the server over the measured window.
-    /// The tables leave the generator's out of open-loop rows: its pacer spins by design.
     pub client_cpu: Option<f64>,
     pub server_cpu: Option<f64>,
     /// The largest server memory seen at the end of a round, in MiB.
@@ -157,16 +156,10 @@ fn ratio(row: &Row) -> String {
     }
 }
 
-/// Cores used as `load / server`, e.g. `0.98 / 0.71`; `- / 0.71` in open-loop rows, where
-/// the pacer keeps the generator's core busy whatever the rate (see `driver`).
+/// Cores used as `load / server`, e.g. `0.98 / 0.71`.
 fn cpu(row: &Row) -> String {
     let one = |c: Option<f64>| c.map_or_else(|| "?".to_owned(), |c| format!("{c:.2}"));
-    let load = if row.mode == Mode::Closed {
-        one(row.client_cpu)
-    } else {
-        "-".to_owned()
-    };
-    format!("{load} / {}", one(row.server_cpu))
+    format!("{} / {}", one(row.client_cpu), one(row.server_cpu))
 }
 
 fn share(part: u64, whole: u64) -> String {
@@ -340,13 +333,14 @@ mod tests {
     }
 
     #[test]
-    fn open_loop_rows_leave_out_the_load_generators_cpu() {
+    fn open_loop_rows_show_both_sides_cpu() {
         let mut latency = run("noop", 1, "one", 500.0, 1_500.0);
         latency.mode = Mode::HalfMax;
         latency.rate = Some(500.0);
         latency.max_throughput_rps = Some(1000.0);
+        latency.client_cpu = Some(0.4);
         latency.server_cpu = Some(0.25);
         let table = markdown(&aggregate(&[latency], "noop"));
-        assert!(table.contains("| - / 0.25 | 0 | 0 |"), "{table}");
+        assert!(table.contains("| 0.40 / 0.25 | 0 | 0 |"), "{table}");
     }
 }

@@ -319,12 +319,7 @@ fn describe(r: &RunResult) -> String {
         ),
     };
     let cores = |c: Option<f64>| c.map_or_else(|| "?".to_owned(), |c| format!("{c:.2}"));
-    // The open-loop pacer spins by design: the generator's CPU says nothing there.
-    let load_cpu = if r.mode == Mode::Closed {
-        cores(r.client_cpu)
-    } else {
-        "-".to_owned()
-    };
+    let load_cpu = cores(r.client_cpu);
     format!(
         "{} [{}] {head}: {:.0} req/s  p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  max {:.3} ms  \
          cpu load/server {}/{}  server rss {} MiB  ({} answers, {} over limit, {} errors, {} dropped)",
