@@ -101,6 +101,40 @@ async fn metrics_count_config_loads_and_calls() {
 }
 
 #[tokio::test]
+async fn response_time_is_a_histogram_with_the_reference_buckets() {
+    let app = spawn(RULES).await;
+    for _ in 0..3 {
+        app.call(request("web", &[&[("user", "u")]])).await;
+    }
+    let text = app.metrics().await;
+    assert!(
+        text.contains("# TYPE ratelimit_service_response_time_seconds histogram"),
+        "{text}"
+    );
+    let series = |suffix: &str| format!(r#"ratelimit_service_response_time_seconds{suffix}"#);
+    // Every call answered well within the largest bucket.
+    for le in ["0.005", "0.25", "10", "+Inf"] {
+        let bucket = series(&format!(
+            r#"_bucket{{grpc_method="ShouldRateLimit",le="{le}"}}"#
+        ));
+        assert!(
+            text.lines().any(|l| l.starts_with(&bucket)),
+            "no {bucket} in {text}"
+        );
+    }
+    assert_eq!(
+        app.metric(&series(r#"_bucket{grpc_method="ShouldRateLimit",le="10"}"#))
+            .await,
+        3
+    );
+    assert_eq!(
+        app.metric(&series(r#"_count{grpc_method="ShouldRateLimit"}"#))
+            .await,
+        3
+    );
+}
+
+#[tokio::test]
 async fn the_store_being_down_fails_fast_and_turns_health_red() {
     // Nothing listens on port 1: every call fails inside the deadline.
     let app = spawn_with(&[("r.yaml", RULES)], |s| {
