@@ -30,7 +30,7 @@ use crate::rules::tree::{Algorithm, Period};
 use crate::rules::watch::CurrentRules;
 use crate::rules::{Domain, Limit, Node, Unit};
 use crate::store::{CounterKind, CounterUpdate, Store, StoreError, keys};
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, RuleStat};
 
 /// Names of the optional rate-limit response headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -587,10 +587,10 @@ impl Limiter {
     ) -> Plan {
         let hits = hits_of(request, descriptor);
         if descriptor.is_negative_hits {
-            limit.stats.total_negative_hits.increment(hits);
+            limit.stats.add(RuleStat::TotalNegativeHits, hits);
         } else {
             // Counted before the store answers, as the reference does.
-            limit.stats.total_hits.increment(hits);
+            limit.stats.add(RuleStat::TotalHits, hits);
         }
         let key_for = |start: Option<u64>| self.counter_key(request.domain, limited, limit, start);
         let window = Window::of(&limit.period, now.secs);
@@ -690,7 +690,7 @@ impl Limiter {
             let mut verdict = self.verdict(domain, refund, hits, limited, limit, plan, befores);
             if shadow {
                 if verdict.code == Code::OverLimit {
-                    limit.stats.shadow_mode.increment(verdict.over);
+                    limit.stats.add(RuleStat::ShadowMode, verdict.over);
                 }
                 verdict.code = Code::Ok;
             }
@@ -740,8 +740,8 @@ impl Limiter {
         };
         let update = match plan.source {
             Source::KnownOverLimit => {
-                stats.over_limit.increment(hits);
-                stats.over_limit_with_local_cache.increment(hits);
+                stats.add(RuleStat::OverLimit, hits);
+                stats.add(RuleStat::OverLimitWithLocalCache, hits);
                 return Verdict {
                     code: Code::OverLimit,
                     remaining: 0,
@@ -772,14 +772,14 @@ impl Limiter {
         }
         let threshold = accounting::near_limit_threshold(capacity, self.options.near_limit_ratio);
         let charge = accounting::charge(before, hits, capacity, threshold);
-        // Each is a shared atomic: only the ones that change are touched.
-        for (counter, n) in [
-            (&stats.over_limit, charge.over_limit),
-            (&stats.near_limit, charge.near_limit),
-            (&stats.within_limit, charge.within_limit),
+        // Only the statistics that change are touched.
+        for (stat, n) in [
+            (RuleStat::OverLimit, charge.over_limit),
+            (RuleStat::NearLimit, charge.near_limit),
+            (RuleStat::WithinLimit, charge.within_limit),
         ] {
             if n > 0 {
-                counter.increment(n);
+                stats.add(stat, n);
             }
         }
         if charge.code == Code::OverLimit
