@@ -2,10 +2,11 @@
 # Measures tollgate against a no-op RateLimitService in the same run (docs/benchmarks.md).
 #
 # For each scenario: starts the no-op baseline, tollgate on the memory store and tollgate
-# on Redis (unique key prefix) on loopback ports, waits (bounded) until each answers, then
-# runs the load generator against them in alternating rounds (noop, memory, redis, noop,
-# ...), so drift on a shared machine hits all three alike. The load generator and the
-# servers are pinned to separate cores when `taskset` exists. Writes
+# on Redis (unique key prefix; a private redis-server unless --redis names one) on
+# loopback ports, waits (bounded) until each answers, then runs the load generator
+# against them in alternating rounds (noop, memory, redis, noop, ...), so drift on a
+# shared machine hits all three alike. The load generator (with the private Redis) and
+# the servers are pinned to separate cores when `taskset` exists. Writes
 # loadtest/results/latest.md (medians over rounds, ratios to the baseline) and latest.json
 # (--name: other names, to keep several runs).
 # Every server is stopped on exit; every run is bounded in time.

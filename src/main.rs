@@ -141,10 +141,12 @@ fn reconcile(config: Option<PathBuf>, json: bool) -> ExitCode {
     let outcome = Settings::load(config.as_deref())
         .map_err(anyhow::Error::from)
         .and_then(|settings| {
+            // Every counter would read 0 here, so every budget with spending would "drift":
+            // a cron job would alert on a healthy service. Cannot tell is exit 2.
             if settings.store == "memory" {
-                eprintln!(
-                    "tollgate: the memory store's counters live in the serving process; \
-                     here every counter reads 0 (use GET /v1/reports/drift on the service)"
+                anyhow::bail!(
+                    "the memory store's counters live in the serving process, so this command \
+                     cannot read them: use GET /v1/reports/drift on the service"
                 );
             }
             let runtime = tokio::runtime::Runtime::new()?;

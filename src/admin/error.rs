@@ -44,6 +44,9 @@ pub enum ApiError {
     Invalid(Invalid),
     /// The body is not JSON, or too large, or the wrong media type (400/413/415).
     BadRequest(StatusCode, String),
+    /// A backend the answer needs is down (503): the counter store for reports that read
+    /// counters. Worth retrying, unlike a 500.
+    Unavailable(String),
     /// Anything unexpected (500); the cause is logged, not shown.
     Internal(String),
 }
@@ -62,6 +65,7 @@ impl From<DriftError> for ApiError {
     fn from(error: DriftError) -> Self {
         match error {
             DriftError::Ledger(e) => e.into(),
+            DriftError::Store(e) => ApiError::Unavailable(e.to_string()),
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -92,6 +96,15 @@ impl IntoResponse for ApiError {
                 Some(invalid.field),
             ),
             ApiError::BadRequest(status, message) => (status, "bad_request", message, None),
+            ApiError::Unavailable(cause) => {
+                tracing::warn!(%cause, "admin API answer needs a backend that is down");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    format!("{cause}; try again later"),
+                    None,
+                )
+            }
             ApiError::Internal(cause) => {
                 tracing::error!(%cause, "admin API internal error");
                 (

@@ -185,6 +185,28 @@ on_both_databases! {
     }
 }
 
+/// Reports that read counters answer 503 (retry later) while the counter store is down,
+/// not an opaque 500.
+#[tokio::test]
+async fn reports_that_read_counters_answer_503_while_the_store_is_down() {
+    let database = Arc::new(TestDb::create(Db::Sqlite).await);
+    // Nothing listens on port 1: every store call fails at once.
+    let app = spawn_on(Db::Sqlite, database, |s| {
+        s.store = "redis://127.0.0.1:1".into();
+        s.store_deadline_ms = 100;
+    })
+    .await;
+    setup(&app).await;
+    for path in ["/reports/budgets", "/reports/drift", "/reports/budgets?format=csv"] {
+        let answer = app.get(path, ADMIN).await.expect(503);
+        assert_eq!(answer.body["error"]["code"], "unavailable", "{path}: {}", answer.body);
+        let message = answer.body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("counter store"), "{path}: {message}");
+    }
+    // What needs only the ledger still answers.
+    app.get("/budgets", ADMIN).await.expect(200);
+}
+
 /// Runs `tollgate reconcile` (with `args`) on `database_url` and `store`, with nothing
 /// else from this process's environment; its exit code, and its output and errors.
 fn reconcile(
@@ -211,18 +233,18 @@ fn reconcile(
     )
 }
 
+/// The memory store's counters live in the serving process: the command cannot read them,
+/// and says so (exit 2) rather than report every budget with spending as drifting.
 #[tokio::test]
-async fn reconcile_exits_0_on_an_empty_setup_with_the_memory_store() {
+async fn reconcile_refuses_the_memory_store_with_exit_2() {
     let database = TestDb::create(Db::Sqlite).await;
     let dir = tempfile::TempDir::new().unwrap();
     let (code, out, err) = reconcile(dir.path(), &database.url, "memory", "", &[]);
-    assert_eq!(code, 0, "{out}{err}");
-    assert_eq!(
-        out.trim_end(),
-        "TENANT  BUDGET  SCOPE  MEASURE  PERIOD_START  COUNTER  RESERVED  LEDGER  DRIFT"
-    );
+    assert_eq!(code, 2, "{out}{err}");
+    assert_eq!(out, "", "no verdict is printed");
     assert!(
-        err.contains("the memory store's counters live in the serving process"),
+        err.contains("the memory store's counters live in the serving process")
+            && err.contains("GET /v1/reports/drift"),
         "{err}"
     );
     assert!(

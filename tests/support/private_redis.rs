@@ -38,13 +38,14 @@ pub fn free_port() -> u16 {
 
 /// A free port whose cluster bus port (+10000) is free too.
 pub fn free_cluster_port() -> u16 {
-    loop {
-        let port = 20_000 + (free_port() % 20_000);
-        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
-        if free(port) && free(port + 10_000) {
-            return port;
-        }
-    }
+    const ATTEMPTS: usize = 1_000;
+    let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+    (0..ATTEMPTS)
+        .map(|_| 20_000 + (free_port() % 20_000))
+        .find(|&port| free(port) && free(port + 10_000))
+        .unwrap_or_else(|| {
+            panic!("no free pair of ports (N, N + 10000) in 20000-49999 after {ATTEMPTS} tries")
+        })
 }
 
 /// The options every private server starts with: loopback only, no persistence, its files
