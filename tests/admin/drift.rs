@@ -197,9 +197,17 @@ async fn reports_that_read_counters_answer_503_while_the_store_is_down() {
     })
     .await;
     setup(&app).await;
-    for path in ["/reports/budgets", "/reports/drift", "/reports/budgets?format=csv"] {
+    for path in [
+        "/reports/budgets",
+        "/reports/drift",
+        "/reports/budgets?format=csv",
+    ] {
         let answer = app.get(path, ADMIN).await.expect(503);
-        assert_eq!(answer.body["error"]["code"], "unavailable", "{path}: {}", answer.body);
+        assert_eq!(
+            answer.body["error"]["code"], "unavailable",
+            "{path}: {}",
+            answer.body
+        );
         let message = answer.body["error"]["message"].as_str().unwrap_or_default();
         assert!(message.contains("counter store"), "{path}: {message}");
     }
