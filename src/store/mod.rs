@@ -6,6 +6,7 @@
 
 pub mod budget;
 mod budget_book;
+mod coalesce;
 pub mod keys;
 pub mod memory;
 pub mod outbox;

@@ -70,7 +70,9 @@
 //! [`MAX_IN_FLIGHT`] calls outstanding. An idle store sends each request at once; a busy
 //! one sends fewer, larger calls, so Redis runs one script for many requests. Decisions
 //! stay exact: the script applies the updates one after another, atomically, exactly as
-//! if the requests had been sent one by one in that order. A failed call fails every
+//! if the requests had been sent one by one in that order. Plain charges of one counter
+//! in a call are merged into one update first ([`super::coalesce`]), so a hot counter
+//! costs Redis one command per call, not one per request. A failed call fails every
 //! request in it.
 
 use std::collections::HashMap;
@@ -95,6 +97,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::budget::{BudgetCall, BudgetReply, OutboxEntry};
+use super::coalesce::coalesce;
 use super::redis_budget::{self, OutboxReader};
 use super::{CounterKind, CounterStore, CounterUpdate, StoreError, keys};
 
@@ -989,13 +992,15 @@ async fn run_batcher(inner: Weak<Inner>, mut queue: mpsc::UnboundedReceiver<Job>
         tokio::spawn(async move {
             let _slot = slot;
             let sizes: Vec<usize> = batch.iter().map(|job| job.updates.len()).collect();
-            let updates: Vec<CounterUpdate> = batch
-                .iter_mut()
-                .flat_map(|job| std::mem::take(&mut job.updates))
-                .collect();
+            let (updates, spread) = coalesce(
+                batch
+                    .iter_mut()
+                    .flat_map(|job| std::mem::take(&mut job.updates))
+                    .collect(),
+            );
             match inner.call(&updates).await {
                 Ok(values) => {
-                    let mut values = values.into_iter();
+                    let mut values = spread.values(values).into_iter();
                     for (job, n) in batch.into_iter().zip(sizes) {
                         let _ = job.reply.send(Ok(values.by_ref().take(n).collect()));
                     }
