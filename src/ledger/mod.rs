@@ -117,6 +117,10 @@ impl Ledger {
                         // Sync the log at every commit: a committed transaction survives a
                         // power loss (NORMAL could lose the last ones).
                         "PRAGMA synchronous = FULL",
+                        // A batch insert's statement journal (and any temporary table)
+                        // stays in memory: on disk it was a temp file created, written
+                        // and deleted per transaction.
+                        "PRAGMA temp_store = MEMORY",
                     ] {
                         sqlx::query(pragma).execute(&mut *conn).await?;
                     }

@@ -15,7 +15,7 @@
 //! (`tollgate_ledger_writer_invalid_total`) and acknowledged with its batch.
 //!
 //! [`LedgerWriter::spawn`] drains on an interval and whenever [`LedgerWriter::notify`]
-//! wakes it (after each settlement); on errors it backs off exponentially and logs once
+//! wakes it (after each settlement), starting at most every [`MIN_GAP`]; on errors it backs off exponentially and logs once
 //! per outage (then at most every [`WARN_EVERY`]). [`LedgerWriter::drain`] can also be
 //! called directly, e.g. to make the ledger complete before rebuilding counters from it;
 //! drains are serialised, so both never interleave.
@@ -34,6 +34,12 @@ use crate::telemetry::LedgerWriterStats;
 
 /// Most events read, recorded and acknowledged together.
 pub const BATCH: usize = 256;
+/// Drains woken by settlements start at most this often. Under load the events of this
+/// gap then share one transaction: one commit (one fsync) and each index page written
+/// once, instead of a transaction per handful of events (which cost the SQLite ledger
+/// 40 % of the server's CPU at 8,000 settlements a second). It only delays the ledger;
+/// settlements never wait for the writer.
+pub const MIN_GAP: Duration = Duration::from_millis(20);
 /// The first retry delay after a failed drain; it doubles up to [`MAX_BACKOFF`].
 pub const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// The longest retry delay while the store or the ledger keeps failing.
@@ -95,9 +101,12 @@ impl LedgerWriter {
         self.wake.clone()
     }
 
-    /// Moves every pending event into the ledger, batch by batch, until a read returns
-    /// nothing; how many events were inserted (duplicates and invalid events not counted).
-    /// On an error, what was committed is kept and the rest stays pending.
+    /// Moves every event pending when called into the ledger, batch by batch, until a
+    /// read returns less than a full batch (by then it has read them all; what arrives
+    /// later waits for the next drain, so that under load a trickle of new events is not
+    /// written one small transaction after another); how many events were inserted
+    /// (duplicates and invalid events not counted). On an error, what was committed is
+    /// kept and the rest stays pending.
     pub async fn drain(&self) -> Result<usize, WriterError> {
         let _one_at_a_time = self.draining.lock().await;
         let mut inserted = 0;
@@ -108,6 +117,10 @@ impl LedgerWriter {
                 return Ok(inserted);
             }
             inserted += self.write_batch(&entries).await?;
+            if entries.len() < self.batch {
+                self.stats.backlog.set(0.0);
+                return Ok(inserted);
+            }
         }
     }
 
@@ -149,7 +162,7 @@ impl LedgerWriter {
         Ok(outcome.inserted)
     }
 
-    /// Drains every `every` and whenever woken, until `stop` is cancelled; then drains
+    /// Drains every `every` and whenever woken (at most every [`MIN_GAP`]), until `stop` is cancelled; then drains
     /// one last time (an attempt in flight when `stop` comes is abandoned first: its
     /// batch is acknowledged only after a commit, so it is simply read again).
     pub fn spawn(
@@ -160,6 +173,7 @@ impl LedgerWriter {
         tokio::spawn(async move {
             let mut outage = Outage::default();
             loop {
+                let started = tokio::time::Instant::now();
                 let attempt = tokio::select! {
                     () = stop.cancelled() => break,
                     attempt = self.drain() => attempt,
@@ -171,6 +185,10 @@ impl LedgerWriter {
                             () = stop.cancelled() => break,
                             () = self.wake.notified() => {}
                             () = tokio::time::sleep(every) => {}
+                        }
+                        tokio::select! {
+                            () = stop.cancelled() => break,
+                            () = tokio::time::sleep_until(started + MIN_GAP) => {}
                         }
                     }
                     Err(error) => {
