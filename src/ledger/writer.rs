@@ -15,10 +15,11 @@
 //! (`tollgate_ledger_writer_invalid_total`) and acknowledged with its batch.
 //!
 //! [`LedgerWriter::spawn`] drains on an interval and whenever [`LedgerWriter::notify`]
-//! wakes it (after each settlement), starting at most every [`MIN_GAP`]; on errors it backs off exponentially and logs once
-//! per outage (then at most every [`WARN_EVERY`]). [`LedgerWriter::drain`] can also be
-//! called directly, e.g. to make the ledger complete before rebuilding counters from it;
-//! drains are serialised, so both never interleave.
+//! wakes it (after each settlement), starting at most every [`MIN_GAP`]; on errors it
+//! backs off exponentially and logs once per outage (then at most every
+//! [`WARN_EVERY`]). [`LedgerWriter::drain`] can also be called directly, e.g. to make
+//! the ledger complete before rebuilding counters from it; drains are serialised, so
+//! both never interleave.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -162,9 +163,10 @@ impl LedgerWriter {
         Ok(outcome.inserted)
     }
 
-    /// Drains every `every` and whenever woken (at most every [`MIN_GAP`]), until `stop` is cancelled; then drains
-    /// one last time (an attempt in flight when `stop` comes is abandoned first: its
-    /// batch is acknowledged only after a commit, so it is simply read again).
+    /// Drains every `every` and whenever woken (at most every [`MIN_GAP`]), until `stop`
+    /// is cancelled; then drains one last time (an attempt in flight when `stop` comes is
+    /// abandoned first: its batch is acknowledged only after a commit, so it is simply
+    /// read again).
     pub fn spawn(
         self: Arc<Self>,
         every: Duration,
