@@ -279,6 +279,43 @@ fn start_writer(
     (store, writer, metrics, stop, task)
 }
 
+on_both_databases! {
+    async fn settlements_reach_the_ledger_through_their_wakes_alone(db: Db) {
+        let Setup { store, ledger, writer, metrics: _metrics, _outbox, _db } = setup(db).await;
+        let writer = Arc::new(writer);
+        let stop = CancellationToken::new();
+        // No tick within the test: only the settlements' wakes can drain.
+        let task = writer.clone().spawn(Duration::from_secs(3_600), stop.clone());
+        let patience = Duration::from_secs(30);
+
+        settle_all(&store, &writer, 1..=1).await;
+        wait_until(patience, "the first settlement is recorded", || async {
+            recorded(&ledger).await.len() == 1
+        })
+        .await;
+        // Woken within the gap after that drain began: the wake is kept, and the drain
+        // follows the gap.
+        settle_all(&store, &writer, 2..=2).await;
+        wait_until(patience, "the second settlement is recorded", || async {
+            recorded(&ledger).await.len() == 2
+        })
+        .await;
+        // A burst, partly arriving while a drain runs, is recorded whole.
+        settle_all(&store, &writer, 3..=40).await;
+        wait_until(patience, "the burst is recorded", || async {
+            recorded(&ledger).await.len() == 40
+        })
+        .await;
+
+        let all: Vec<String> = (1..=40).map(|i| format!("r-{i:02}")).collect();
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        assert_eq!(recorded(&ledger).await, once(&all));
+        assert!(pending(&store).await.is_empty(), "acknowledged");
+        stop.cancel();
+        task.await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_lost_when_postgres_stops_during_traffic_and_the_writer_restarts() {
     let postgres = PrivatePostgres::start();
