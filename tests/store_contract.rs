@@ -272,6 +272,7 @@ contract!(
         a_batch_returns_each_value_before_its_update_in_order,
         counters_do_not_interfere,
         a_counter_expires_after_its_ttl_and_starts_again_from_zero,
+        a_count_given_back_to_zero_and_charged_again_still_expires,
         concurrent_increments_are_never_lost_and_the_cap_holds_exactly,
         a_sliding_estimate_adds_the_previous_window_weighted_and_rounded_down,
         a_sliding_window_counts_hits_only_while_the_estimate_stays_within_the_limit,
@@ -484,6 +485,18 @@ async fn a_counter_expires_after_its_ttl_and_starts_again_from_zero<S: CounterSt
     // A new life with a new expiry.
     assert_eq!(h.one(add(&key, 2, 1)).await, 0);
     assert_eq!(h.value(&key).await, 2);
+    h.outlive(&key, 1).await;
+}
+
+async fn a_count_given_back_to_zero_and_charged_again_still_expires<S: CounterStore + Clone>(
+    h: Harness<S>,
+) {
+    let key = h.key("back-to-zero");
+    h.one(add(&key, 2, 1)).await;
+    h.one(refund(&key, 2)).await;
+    assert_eq!(h.value(&key).await, 0);
+    assert_eq!(h.one(add(&key, 1, 1)).await, 0, "charged from zero");
+    assert_eq!(h.value(&key).await, 1);
     h.outlive(&key, 1).await;
 }
 

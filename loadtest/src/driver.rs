@@ -15,13 +15,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::Context;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 use hdrhistogram::Histogram;
 use tokio::sync::Semaphore;
-use tonic::transport::{Channel, Endpoint};
 
+use crate::connection::{self, Client};
 use crate::scenario::{Generator, Params, Scenario};
 use crate::summary::{self, Mode, RunResult};
 
@@ -65,24 +63,9 @@ fn run_nonce() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-/// Opens `n` HTTP/2 connections (one tonic channel each; clones share a connection).
-pub async fn connect(
-    target: &str,
-    n: usize,
-) -> anyhow::Result<Vec<RateLimitServiceClient<Channel>>> {
-    let endpoint = Endpoint::from_shared(target.to_owned())
-        .with_context(|| format!("bad target {target}"))?
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(2));
-    let mut clients = Vec::with_capacity(n);
-    for _ in 0..n.max(1) {
-        let channel = endpoint
-            .connect()
-            .await
-            .with_context(|| format!("cannot connect to {target}"))?;
-        clients.push(RateLimitServiceClient::new(channel));
-    }
-    Ok(clients)
+/// Opens `n` HTTP/2 connections to `target`; a client's clones share its connection.
+pub async fn connect(target: &str, n: usize) -> anyhow::Result<Vec<Client>> {
+    connection::connect(target, n, Duration::from_secs(2)).await
 }
 
 /// Counters every worker bumps, read by the progress line.
@@ -134,7 +117,7 @@ impl Clock {
 
 /// Sends one request and accounts for it; `since` is when latency starts counting.
 async fn call(
-    client: &mut RateLimitServiceClient<Channel>,
+    client: &mut Client,
     generator: &mut Generator,
     since: Instant,
     measured: bool,
@@ -311,10 +294,7 @@ impl RunResult {
 }
 
 /// Closed loop: every stream sends as soon as its previous call is answered.
-pub async fn run_closed(
-    config: &RunConfig,
-    clients: &[RateLimitServiceClient<Channel>],
-) -> RunResult {
+pub async fn run_closed(config: &RunConfig, clients: &[Client]) -> RunResult {
     let started_at = unix_now();
     let run = run_nonce();
     let clock = Clock::new(config.warmup, config.duration);
@@ -400,11 +380,7 @@ impl Schedule {
 }
 
 /// Open loop at `rate` requests per second, at most `connections x concurrency` in flight.
-pub async fn run_open(
-    config: &RunConfig,
-    clients: &[RateLimitServiceClient<Channel>],
-    rate: f64,
-) -> RunResult {
+pub async fn run_open(config: &RunConfig, clients: &[Client], rate: f64) -> RunResult {
     let started_at = unix_now();
     let run = run_nonce();
     let schedule = Schedule::new(rate.max(1.0));
@@ -525,13 +501,7 @@ pub struct Filled {
 /// (`user_id` u<from>, ...) once, in requests of `batch` descriptors over `streams`
 /// concurrent streams of `clients`. When `from` is past every key charged before, the
 /// server holds exactly `keys` more counters (for the memory per key).
-pub async fn fill(
-    clients: &[RateLimitServiceClient<Channel>],
-    from: u64,
-    keys: u64,
-    batch: u64,
-    streams: usize,
-) -> Filled {
+pub async fn fill(clients: &[Client], from: u64, keys: u64, batch: u64, streams: usize) -> Filled {
     let started = Instant::now();
     let batch = batch.max(1);
     let end = from.saturating_add(keys);
@@ -573,11 +543,7 @@ pub async fn fill(
 }
 
 /// Finds the closed-loop maximum, then measures latency open-loop at `fraction` of it.
-pub async fn run_half_max(
-    config: &RunConfig,
-    clients: &[RateLimitServiceClient<Channel>],
-    fraction: f64,
-) -> RunResult {
+pub async fn run_half_max(config: &RunConfig, clients: &[Client], fraction: f64) -> RunResult {
     let max = run_closed(config, clients).await;
     let rate = (max.throughput_rps * fraction).max(1.0);
     if config.progress {

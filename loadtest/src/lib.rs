@@ -3,6 +3,7 @@
 //!
 //! - [`scenario`]: the rules each scenario's server loads and the requests its client
 //!   sends, generated from one description so they always agree.
+//! - [`connection`]: the generator's HTTP/2 connections, without tonic's buffer task.
 //! - [`driver`]: closed-loop and fixed-rate open-loop load over many HTTP/2 connections.
 //! - [`summary`]: latency histograms, percentiles and the JSON result of one run.
 //! - [`report`]: medians over alternating rounds and ratios to the baseline, as markdown.
@@ -13,6 +14,7 @@
 //! The binaries `tollgate-load` and `noop-rls` are thin wrappers; `loadtest/run.sh`
 //! runs whole comparisons.
 
+pub mod connection;
 pub mod driver;
 pub mod noop;
 pub mod report;

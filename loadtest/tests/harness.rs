@@ -241,3 +241,28 @@ async fn tollgate_answers_every_token_budget_call_ok_under_the_generated_rules()
     let _ = stop.send(());
     server.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn connecting_to_a_bad_or_silent_target_fails_naming_it() {
+    let err = driver::connect("not a url", 1).await.err().unwrap();
+    assert!(
+        format!("{err:#}").contains("bad target not a url"),
+        "{err:#}"
+    );
+    let err = driver::connect("/no/authority", 1).await.err().unwrap();
+    assert!(format!("{err:#}").contains("no host:port"), "{err:#}");
+
+    // A port nothing listens on: bound, then released.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let target = format!("http://127.0.0.1:{port}");
+    let err = driver::connect(&target, 1).await.err().unwrap();
+    assert!(
+        format!("{err:#}").contains(&format!("cannot connect to {target}")),
+        "{err:#}"
+    );
+}
