@@ -14,7 +14,7 @@ use utoipa::ToSchema;
 
 use super::budgets::{Amount, add_override_in, live_budget_in, raise_amount_in};
 use super::tenants::{Invalid, TenantStatus, grant_model_in, tenant_in, validate_text};
-use super::{Ledger, LedgerError, audit, new_id};
+use super::{Backend, Ledger, LedgerError, audit, new_id};
 
 /// How long a request stays pending before it expires: 7 days.
 pub const PENDING_TTL_MS: i64 = 7 * 86_400_000;
@@ -262,7 +262,7 @@ fn not_found(id: &str) -> LedgerError {
 impl Ledger {
     /// Files a pending request. The tenant must exist; a tenant activation needs a pending
     /// tenant, model access a model not yet granted, and neither may duplicate a pending
-    /// request for the same effect.
+    /// request for the same effect, even when the two are filed at the same moment.
     pub async fn file_approval(
         &self,
         actor: &str,
@@ -273,6 +273,14 @@ impl Ledger {
         let mut tx = self.begin().await?;
         expire_in(&mut tx, now, None).await?;
         if let Some(tenant_id) = &filing.tenant_id {
+            if self.backend == Backend::Postgres {
+                // Filings for one tenant take turns, so two identical ones cannot both
+                // find no duplicate pending (SQLite lets one writer in at a time anyway).
+                sqlx::query("SELECT id FROM tenants WHERE id = $1 FOR UPDATE")
+                    .bind(tenant_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             let tenant = tenant_in(&mut tx, tenant_id).await?;
             match filing.kind {
                 ApprovalKind::TenantActivation if tenant.status != TenantStatus::Pending => {

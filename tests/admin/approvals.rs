@@ -125,6 +125,18 @@ on_both_databases! {
         assert!(again.text.contains("already has access"), "{}", again.text);
     }
 
+    async fn concurrent_identical_filings_leave_one_pending_request(db: Db) {
+        let app = spawn(db).await;
+        app.tenant("acme").await;
+        let body = json!({"kind": "model_access", "tenant_id": "acme", "reason": "race", "payload": {"model": "claude-sonnet"}});
+        let filings = (0..16).map(|_| app.post("/approvals", ADMIN, body.clone()));
+        let mut statuses: Vec<u16> = futures::future::join_all(filings).await.iter().map(|a| a.status.as_u16()).collect();
+        statuses.sort();
+        assert_eq!(statuses, [vec![201], vec![409; 15]].concat(), "one filed, the rest refused as duplicates");
+        let pending = app.get("/approvals?tenant_id=acme&status=pending", ADMIN).await.expect(200);
+        assert_eq!(items(&pending).len(), 1);
+    }
+
     async fn a_budget_increase_raises_the_amount_in_the_budgets_own_units(db: Db) {
         let app = spawn(db).await;
         app.tenant("acme").await;
