@@ -18,6 +18,9 @@ use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tonic::body::Body;
 
+/// How long one connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// A RateLimitService client on one HTTP/2 connection; clones share the connection.
 pub type Client = RateLimitServiceClient<Connection>;
 
@@ -40,8 +43,8 @@ impl tower_service::Service<http::Request<Body>> for Connection {
 }
 
 /// Opens `n` HTTP/2 connections to `target` (`http://host:port`), with TCP_NODELAY, each
-/// attempt bounded by `timeout`.
-pub async fn connect(target: &str, n: usize, timeout: Duration) -> anyhow::Result<Vec<Client>> {
+/// attempt bounded by [`CONNECT_TIMEOUT`].
+pub async fn connect(target: &str, n: usize) -> anyhow::Result<Vec<Client>> {
     let origin: http::Uri = target
         .parse()
         .with_context(|| format!("bad target {target}"))?;
@@ -51,10 +54,11 @@ pub async fn connect(target: &str, n: usize, timeout: Duration) -> anyhow::Resul
         .to_string();
     let mut clients = Vec::with_capacity(n);
     for _ in 0..n.max(1) {
-        let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&authority))
-            .await
-            .map_err(|_| anyhow::anyhow!("cannot connect to {target}: timed out"))?
-            .with_context(|| format!("cannot connect to {target}"))?;
+        let stream =
+            tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(&authority))
+                .await
+                .map_err(|_| anyhow::anyhow!("cannot connect to {target}: timed out"))?
+                .with_context(|| format!("cannot connect to {target}"))?;
         stream.set_nodelay(true)?;
         let (send, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .handshake(TokioIo::new(stream))

@@ -19,7 +19,8 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use hdrhistogram::Histogram;
 use tokio::sync::Semaphore;
 
-use crate::connection::{self, Client};
+use crate::connection::Client;
+pub use crate::connection::connect;
 use crate::scenario::{Generator, Params, Scenario};
 use crate::summary::{self, Mode, RunResult};
 
@@ -61,11 +62,6 @@ fn run_nonce() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
-}
-
-/// Opens `n` HTTP/2 connections to `target`; a client's clones share its connection.
-pub async fn connect(target: &str, n: usize) -> anyhow::Result<Vec<Client>> {
-    connection::connect(target, n, Duration::from_secs(2)).await
 }
 
 /// Counters every worker bumps, read by the progress line.
