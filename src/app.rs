@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use arc_swap::{ArcSwap, ArcSwapOption};
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
@@ -24,6 +23,7 @@ use crate::clock::{SharedClock, SystemClock};
 use crate::edge::grpc::RateLimitGrpc;
 use crate::edge::health::Health;
 use crate::edge::http::{self, HttpState};
+use crate::edge::rls_server::RateLimitServer;
 use crate::ledger::Ledger;
 use crate::ledger::balances::LedgerBalances;
 use crate::ledger::drift::Counters;
@@ -224,7 +224,7 @@ impl App {
         let stop = CancellationToken::new();
         let grpc = tonic::transport::Server::builder()
             .add_service(health_service)
-            .add_service(RateLimitServiceServer::new(RateLimitGrpc::new(
+            .add_service(RateLimitServer::new(RateLimitGrpc::new(
                 limiter.clone(),
                 metrics.clone(),
             )))

@@ -4,10 +4,9 @@
 //! ratio to it.
 
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{Code, DescriptorStatus};
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
-    RateLimitService, RateLimitServiceServer,
-};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService;
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use tollgate::edge::rls_server::RateLimitServer;
 use tonic::{Request, Response, Status};
 
 /// Answers every call with OK.
@@ -28,9 +27,10 @@ impl NoopRls {
         }
     }
 
-    /// The service, ready for `tonic::transport::Server::add_service`.
-    pub fn service() -> RateLimitServiceServer<NoopRls> {
-        RateLimitServiceServer::new(NoopRls)
+    /// The service on tollgate's own server glue, ready for
+    /// `tonic::transport::Server::add_service`.
+    pub fn service() -> RateLimitServer<NoopRls> {
+        RateLimitServer::new(NoopRls)
     }
 }
 

@@ -5,3 +5,4 @@ pub mod grpc;
 pub mod health;
 pub mod http;
 pub mod json;
+pub mod rls_server;
