@@ -184,11 +184,10 @@ impl Store {
 
 impl Store {
     /// [`CounterStore::apply`] for updates the caller no longer needs: the Redis store
-    /// queues them for its batcher as they are, the memory store keeps the keys of the
-    /// counters they create, instead of copying them.
+    /// queues them for its batcher as they are instead of copying them.
     pub async fn apply_owned(&self, updates: Vec<CounterUpdate>) -> Result<Vec<u64>, StoreError> {
         match self {
-            Store::Memory(s) => Ok(s.apply_owned(updates)),
+            Store::Memory(s) => Ok(s.apply_all(&updates)),
             Store::Redis(s) => s.apply_owned(updates).await,
         }
     }
