@@ -8,8 +8,9 @@
 //!
 //! Counters are found by a [`Digest`] of their key rather than by the key itself: 16
 //! bytes held in the map's own table instead of a string on the heap that every lookup
-//! follows and compares. That made a counter three times smaller and the lookup cheaper
-//! (the string compare was 40 % of the map's time). Two keys share a counter only if
+//! follows and compares. That made a counter less than half as large (about 100 bytes
+//! instead of 239) and the lookup cheaper (the string compare was 40 % of the map's
+//! time). Two keys share a counter only if
 //! their digests collide, which for a keyed 128-bit SipHash is about n^2 / 2^129 for n
 //! live counters (10^-20 for a billion) and cannot be steered by a caller who does not
 //! know the process's random key.
