@@ -18,6 +18,7 @@
 #   loadtest/run.sh --scenarios rules-10k --rules "10 100 1000 10000"   # flatness sweeps
 #   loadtest/run.sh --scenarios high-cardinality --keys "1 1000 1000000"
 #   loadtest/run.sh --mode memory    # server memory per million active keys (~1 min)
+#   loadtest/run.sh --compare /tmp/old/release   # also another build's tollgate, same rounds
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -36,6 +37,7 @@ FRACTION=0.5
 RULES=
 KEYS=
 MEMORY_KEYS=1000000
+COMPARE_BIN=
 # tollgate's store deadline (its default, 10 ms); the memory mode's fill sends batches of a
 # hundred counters per request and waits longer.
 STORE_DEADLINE_MS=10
@@ -46,7 +48,8 @@ QUICK=0
 ARGS="$*"
 
 usage() {
-  sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  # The header comment, whatever its length.
+  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"
   cat <<'EOF'
 Options:
   --quick               one round, 2 s measured after 0.5 s warm-up (a smoke run)
@@ -68,6 +71,10 @@ Options:
   --keys "N ..."        high-cardinality with each of these key counts (a sweep)
                                                                 [1000000]
   --memory-keys N       counters the memory mode fills          [1000000]
+  --compare DIR         also measure the tollgate binary in DIR (another build's
+                        target/release) on every store, as "<store>-compare", in
+                        the same alternating rounds: what a change did, on one host
+                        (throughput and latency modes)
   --name NAME           write loadtest/results/NAME.md and .json [latest; memory in
                         memory mode]
   --no-build            use the release binaries already built
@@ -91,6 +98,7 @@ while [ $# -gt 0 ]; do
     --rules) RULES=$2; shift ;;
     --keys) KEYS=$2; shift ;;
     --memory-keys) MEMORY_KEYS=$2; shift ;;
+    --compare) COMPARE_BIN=$2; shift ;;
     --name) NAME=$2; shift ;;
     --no-build) BUILD=0 ;;
     --verbose) VERBOSE=1 ;;
@@ -139,6 +147,10 @@ for b in tollgate tollgate-load noop-rls; do
   [ -x "$BIN/$b" ] || { echo "missing $BIN/$b (run without --no-build)" >&2; exit 1; }
 done
 LOAD=$BIN/tollgate-load
+if [ -n "$COMPARE_BIN" ]; then
+  [ -x "$COMPARE_BIN/tollgate" ] || { echo "--compare: no tollgate binary in $COMPARE_BIN" >&2; exit 2; }
+  COMPARE_BIN=$(cd "$COMPARE_BIN" && pwd)
+fi
 
 # Pinning: on n cores, the load generator gets the first half, the servers the rest; a
 # private Redis (below) shares the load generator's.
@@ -224,19 +236,24 @@ start_server() {
         ;;
       *)
         http=$("$LOAD" free-port)
-        local store=memory
-        [ "$label" = redis ] && store=$REDIS_URL
+        local store=memory tollgate=$BIN/tollgate prefix=$KEY_PREFIX$case_name:
+        [ "${label%-compare}" = redis ] && store=$REDIS_URL
+        # The compared build counts under keys of its own (the two may share a Redis).
+        if [[ "$label" == *-compare ]]; then
+          tollgate=$COMPARE_BIN/tollgate
+          prefix=${prefix}compare:
+        fi
         # A ledger and an outbox of its own per server and case: the token-budget setup
         # starts from an empty ledger, and no case inherits another's usage.
         TOLLGATE_GRPC_ADDR=127.0.0.1:$grpc TOLLGATE_HTTP_ADDR=127.0.0.1:$http \
           TOLLGATE_RULES_DIR=$rules TOLLGATE_WATCH_RULES=false TOLLGATE_STORE=$store \
-          TOLLGATE_KEY_PREFIX=$KEY_PREFIX$case_name: \
+          TOLLGATE_KEY_PREFIX=$prefix \
           TOLLGATE_DATABASE_URL="sqlite://$RUN_DIR/ledger-$case_name-$label.db" \
           TOLLGATE_OUTBOX_PATH="$RUN_DIR/outbox-$case_name-$label.jsonl" \
           TOLLGATE_BOOTSTRAP_TOKEN=$ADMIN_TOKEN \
           TOLLGATE_STORE_DEADLINE_MS=$STORE_DEADLINE_MS \
           RUST_LOG=${RUST_LOG:-warn} \
-          "${PIN_SERVER[@]}" "$BIN/tollgate" serve >>"$logfile" 2>&1 &
+          "${PIN_SERVER[@]}" "$tollgate" serve >>"$logfile" 2>&1 &
         ;;
     esac
     pid=$!
@@ -281,6 +298,9 @@ for scenario in $SCENARIOS; do
 done
 
 LABELS="noop $STORES"
+if [ -n "$COMPARE_BIN" ]; then
+  for store in $STORES; do LABELS="$LABELS $store-compare"; done
+fi
 MODES=()
 case "$MODE" in
   throughput) MODES=(throughput) ;;
@@ -454,6 +474,7 @@ redis_version=$(redis-cli -u "$REDIS_URL" info server 2>/dev/null | sed -n 's/^r
     echo "- commit: $commit"
   fi
   echo "- command: \`loadtest/run.sh${ARGS:+ $ARGS}\`"
+  [ -n "$COMPARE_BIN" ] && echo "- \"<store>-compare\" rows: the tollgate binary in $COMPARE_BIN"
   echo "- $ROUNDS alternating round(s) per scenario (${LABELS// /, }); each run ${DURATION} s measured after ${WARMUP} s warm-up; $CONNECTIONS HTTP/2 connections x $CONCURRENCY streams"
   echo "- throughput counts answers (OK or OVER_LIMIT); \"x baseline\" is the median over rounds of tollgate / noop in the same round; CPU is cores used by the load generator / the server"
   echo
