@@ -13,7 +13,6 @@
 //! The no-op baseline (`loadtest`) is served by this too, so it stays the same stack.
 
 use std::convert::Infallible;
-use std::marker::PhantomData;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -109,17 +108,17 @@ impl<T: RateLimitService> UnaryService<RateLimitRequest> for ShouldRateLimit<T> 
     }
 }
 
-/// Requests decoded by prost as tonic's codec does; answers encoded by [`VecEncoder`].
+/// Requests decoded by prost as tonic's codec does; answers encoded by [`AnswerEncoder`].
 struct RateLimitCodec;
 
 impl Codec for RateLimitCodec {
     type Encode = RateLimitResponse;
     type Decode = RateLimitRequest;
-    type Encoder = VecEncoder<RateLimitResponse>;
+    type Encoder = AnswerEncoder;
     type Decoder = ProstDecoder<RateLimitRequest>;
 
     fn encoder(&mut self) -> Self::Encoder {
-        VecEncoder(PhantomData)
+        AnswerEncoder
     }
 
     fn decoder(&mut self) -> Self::Decoder {
@@ -127,15 +126,15 @@ impl Codec for RateLimitCodec {
     }
 }
 
-/// Encodes a message into a `Vec` of its exact length, then copies it into tonic's buffer
+/// Encodes an answer into a `Vec` of its exact length, then copies it into tonic's buffer
 /// in one write (see the module docs for why).
-struct VecEncoder<M>(PhantomData<M>);
+struct AnswerEncoder;
 
-impl<M: Message> Encoder for VecEncoder<M> {
-    type Item = M;
+impl Encoder for AnswerEncoder {
+    type Item = RateLimitResponse;
     type Error = Status;
 
-    fn encode(&mut self, item: M, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+    fn encode(&mut self, item: RateLimitResponse, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
         bytes::BufMut::put_slice(buf, &item.encode_to_vec());
         Ok(())
     }

@@ -10,10 +10,9 @@
 //! bytes held in the map's own table instead of a string on the heap that every lookup
 //! follows and compares. That made a counter less than half as large (about 100 bytes
 //! instead of 239) and the lookup cheaper (the string compare was 40 % of the map's
-//! time). Two keys share a counter only if
-//! their digests collide, which for a keyed 128-bit SipHash is about n^2 / 2^129 for n
-//! live counters (10^-20 for a billion) and cannot be steered by a caller who does not
-//! know the process's random key.
+//! time). Two keys share a counter only if their digests collide, which for a keyed
+//! 128-bit SipHash is about n^2 / 2^129 for n live counters (10^-20 for a billion) and
+//! cannot be steered by a caller who does not know the process's random key.
 
 use std::hash::{BuildHasherDefault, Hasher};
 use std::path::Path;
@@ -51,8 +50,8 @@ enum Expiry {
 /// A counter key's identity in the map: SipHash-1-3, 128 bits, under the store's key.
 type Digest = u128;
 
-/// Digests counter keys under a key of the process's own, drawn at random.
-#[derive(Clone)]
+/// Digests counter keys under a key of the store's own, drawn at random.
+#[derive(Clone, Copy)]
 struct KeyDigest(SipHasher13);
 
 impl KeyDigest {
@@ -175,7 +174,7 @@ impl MemoryStore {
     /// for that shard).
     pub fn spawn_sweeper(&self, every: Duration) -> tokio::task::JoinHandle<()> {
         let (slots, budgets) = (Arc::downgrade(&self.slots), Arc::downgrade(&self.budgets));
-        let (clock, digest) = (self.clock.clone(), self.digest.clone());
+        let (clock, digest) = (self.clock.clone(), self.digest);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -187,7 +186,7 @@ impl MemoryStore {
                 };
                 let store = MemoryStore {
                     slots,
-                    digest: digest.clone(),
+                    digest,
                     budgets,
                     clock: clock.clone(),
                 };
@@ -383,5 +382,20 @@ impl CounterStore for MemoryStore {
 
     fn is_healthy(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_has_one_digest_per_store_and_a_different_one_in_another_store() {
+        let (one, other) = (KeyDigest::random(), KeyDigest::random());
+        let key = "tollgate:api:api_key_k1:1800000000";
+        assert_eq!(one.of(key), one.of(key));
+        assert_ne!(one.of(key), one.of("tollgate:api:api_key_k2:1800000000"));
+        // Keyed per store: a caller cannot compute which keys would collide.
+        assert_ne!(one.of(key), other.of(key));
     }
 }
